@@ -1,0 +1,63 @@
+"""HTTP routes of the Power BI embed-token function (Azure Functions, Python v2 model).
+
+Thin wiring only: each route parses the request, asks the embed service, and answers
+through ``shared.responses``. The service (one MSAL application, one HTTP session,
+the token cache) is built on first use and kept for the life of the worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import azure.functions as func
+
+from shared.embed import EmbedService, Kind
+from shared.responses import respond
+from shared.settings import Settings, http_auth_level
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel(http_auth_level(os.environ)))
+
+_service: EmbedService | None = None
+_service_lock = threading.Lock()
+
+
+def service() -> EmbedService:
+    """The worker's one service; the lock stops concurrent cold requests building two."""
+    global _service
+    if _service is None:
+        with _service_lock:
+            if _service is None:
+                _service = EmbedService.create(Settings.from_env(os.environ))
+    return _service
+
+
+def use_service(instance: EmbedService | None) -> None:
+    """Install a service (tests build one with a fake clock); None rebuilds from settings."""
+    global _service
+    _service = instance
+
+
+def _embed(req: func.HttpRequest, kind: Kind, item_id: str) -> func.HttpResponse:
+    return respond(lambda: service().embed(kind, item_id, req.params.get("workspaceId")).to_json())
+
+
+@app.route(route="embed/reports/{reportId}", methods=["GET"])
+def embed_report(req: func.HttpRequest) -> func.HttpResponse:
+    return _embed(req, "report", req.route_params.get("reportId", ""))
+
+
+@app.route(route="embed/dashboards/{dashboardId}", methods=["GET"])
+def embed_dashboard(req: func.HttpRequest) -> func.HttpResponse:
+    return _embed(req, "dashboard", req.route_params.get("dashboardId", ""))
+
+
+@app.route(route="health", methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Is the configuration complete and valid? No secrets shown, no upstream call made."""
+
+    def status() -> dict[str, str]:
+        settings = service().settings
+        return {"status": "ok", "authMode": settings.auth_mode, "clientType": settings.client_type}
+
+    return respond(status)

@@ -1,0 +1,112 @@
+"""The one exception tree of the function, each class carrying its HTTP answer.
+
+Every failure the function can answer is an ``EmbedError``: a stable ``code`` and a
+plain ``message`` for the caller, a ``status`` and extra ``headers`` for HTTP, and a
+``cause`` for the log line (never shown to the caller). ``responses.error_response``
+is the one place these become HTTP answers. No message or cause may carry a secret
+or a token: messages name settings, never their values.
+"""
+
+from __future__ import annotations
+
+
+class EmbedError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: str = "",
+        request_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause or message
+        self.request_id = request_id
+        self.headers = headers or {}
+
+
+class InvalidRequest(EmbedError):
+    status = 400
+    code = "invalid_request"
+
+
+class NotAllowed(EmbedError):
+    status = 403
+    code = "not_allowed"
+
+
+class NotFound(EmbedError):
+    status = 404
+    code = "not_found"
+
+
+class Throttled(EmbedError):
+    """Power BI still throttles (429) or is unavailable (503) after our retries."""
+
+    code = "throttled"
+
+    def __init__(
+        self, message: str, *, status: int, retry_after: int, cause: str = "", request_id: str | None = None
+    ) -> None:
+        super().__init__(message, cause=cause, request_id=request_id, headers={"Retry-After": str(retry_after)})
+        self.status = status
+        self.code = "throttled" if status == 429 else "unavailable"
+
+
+class ConfigurationError(EmbedError):
+    status = 500
+    code = "configuration_error"
+
+
+class SignInFailed(EmbedError):
+    """Entra ID refused to give us a token."""
+
+    status = 502
+    code = "sign_in_failed"
+
+
+class PowerBIRefused(EmbedError):
+    """Power BI answered with an error we cannot pass on as our own."""
+
+    status = 502
+    code = "powerbi_error"
+
+
+class UpstreamUnreachable(EmbedError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(EmbedError):
+    status = 504
+    code = "upstream_timeout"
+
+
+# Causes and fixes for the AADSTS codes users of this path hit most. The codes
+# are Microsoft's; the words are ours, written for the person who has to fix it.
+AADSTS_HINTS: dict[int, str] = {
+    50034: "the user account does not exist in this tenant: check POWERBI_USERNAME and POWERBI_TENANT_ID",
+    50076: "the master user must use multi-factor authentication, which a password sign-in cannot do: "
+    "exclude this account from MFA or use a service principal",
+    50079: "the master user must register for multi-factor authentication, which a password sign-in "
+    "cannot do: exclude this account from MFA or use a service principal",
+    50126: "wrong username or password: check POWERBI_USERNAME and POWERBI_PASSWORD",
+    53003: "a Conditional Access policy blocked the sign-in: exclude this account or app from the policy",
+    65001: "the app has no consent for the Power BI permissions: grant admin consent in the app registration",
+    700016: "no app with this client id in this tenant: check POWERBI_CLIENT_ID and POWERBI_TENANT_ID",
+    7000215: "the client secret is wrong: check POWERBI_CLIENT_SECRET (the secret's value, not its id)",
+    7000222: "the client secret has expired: create a new one and update POWERBI_CLIENT_SECRET",
+    90002: "the tenant was not found: check POWERBI_TENANT_ID",
+}
+
+
+def sign_in_message(code: int | None) -> str:
+    """Plain words for an AADSTS code."""
+    if code is None:
+        return "Entra ID refused the sign-in."
+    hint = AADSTS_HINTS.get(code, "see Microsoft's AADSTS error reference for this code")
+    return f"Entra ID refused the sign-in (AADSTS{code}): {hint}."

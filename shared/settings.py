@@ -1,0 +1,205 @@
+"""App settings: read once, validated once, named in every complaint, never echoed.
+
+The setting names are the product's contract (static sites, deploy scripts and
+acceptance tests depend on them). A problem is reported by the setting's name and
+what is wrong with it; a value is never shown, since many are secrets.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigurationError
+
+AuthMode = Literal["MasterUser", "ServicePrincipal"]
+AUTH_MODES: tuple[AuthMode, ...] = ("MasterUser", "ServicePrincipal")
+HTTP_AUTH_LEVELS = ("function", "anonymous", "admin")
+
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_API_URL = "https://api.powerbi.com"
+DEFAULT_SCOPE = "https://analysis.windows.net/powerbi/api/.default"
+
+# App Service / Functions leave a Key Vault reference in place, literally, when it
+# cannot resolve it. Such a value must never be used as a password or secret.
+_KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
+def parse_guid(value: str) -> str | None:
+    """The canonical (lower-case, hyphenated) form of a GUID, or None if it is not one."""
+    try:
+        parsed = uuid.UUID(value.strip())
+    except ValueError:
+        return None
+    # uuid.UUID also accepts braces and urn: prefixes; ids in URLs are the plain form.
+    canonical = str(parsed)
+    return canonical if canonical == value.strip().lower() else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    auth_mode: AuthMode
+    tenant_id: str
+    client_id: str
+    authority_host: str
+    api_url: str
+    scope: str
+    allowed_workspaces: frozenset[str]
+    workspace_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    allowed_reports: frozenset[str] | None = None
+    allowed_dashboards: frozenset[str] | None = None
+    token_lifetime_minutes: int | None = None
+    min_token_minutes: int = 10
+    deadline_seconds: float = 20.0
+
+    @property
+    def authority(self) -> str:
+        return f"{self.authority_host}/{self.tenant_id}"
+
+    @property
+    def client_type(self) -> Literal["confidential", "public"]:
+        return "confidential" if self.client_secret else "public"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        return _Reader(env).settings()
+
+
+def http_auth_level(env: Mapping[str, str]) -> str:
+    """POWERBI_HTTP_AUTH_LEVEL, read at import time because routes need it then.
+
+    An unknown value falls back to ``function``: deny rather than open the door.
+    ``Settings`` reports the bad value as a configuration error too.
+    """
+    value = env.get("POWERBI_HTTP_AUTH_LEVEL", "").strip().lower()
+    return value if value in HTTP_AUTH_LEVELS else "function"
+
+
+class _Reader:
+    """Collects every problem before failing, so one look at /api/health fixes them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = (self.env.get(name) or "").strip()
+        if _KEY_VAULT_REFERENCE.match(value):
+            self.problems.append(
+                f"{name} is a Key Vault reference the platform could not resolve: check that the "
+                "function app's managed identity is enabled and may read the secret (role 'Key Vault "
+                "Secrets User') and that the secret exists; locally, sign in with `az login` so Core "
+                "Tools can resolve it"
+            )
+            return None
+        if not value:
+            if required:
+                self.problems.append(f"{name} is required")
+            return default
+        return value
+
+    def guid(self, name: str, *, required: bool = False) -> str | None:
+        value = self.text(name, required=required)
+        if value is None:
+            return None
+        canonical = parse_guid(value)
+        if canonical is None:
+            self.problems.append(f"{name} must be a GUID")
+        return canonical
+
+    def guids(self, name: str) -> frozenset[str] | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        items = [part.strip() for part in value.split(",") if part.strip()]
+        parsed = {parse_guid(item) for item in items}
+        if None in parsed or not items:
+            self.problems.append(f"{name} must be a comma-separated list of GUIDs")
+        return frozenset(p for p in parsed if p)
+
+    def number(self, name: str, default: float | None, low: float, high: float, kind: type = float) -> float | None:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = float(kind(value))
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:  # also false for NaN
+            noun = "a whole number" if kind is int else "a number"
+            self.problems.append(f"{name} must be {noun} from {low:g} to {high:g}")
+            return default
+        return number
+
+    def https_url(self, name: str, default: str) -> str:
+        value = self.text(name, default) or default
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or parts.path.strip("/") or parts.query:
+            self.problems.append(f"{name} must be an https URL with a host and no path")
+        return value.rstrip("/")
+
+    def settings(self) -> Settings:
+        env = self.env
+        mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
+        if mode not in AUTH_MODES:
+            self.problems.append(f"POWERBI_AUTH_MODE must be one of {', '.join(AUTH_MODES)}")
+        master_user = mode != "ServicePrincipal"
+        raw_level = env.get("POWERBI_HTTP_AUTH_LEVEL", "").strip().lower()
+        if raw_level and raw_level not in HTTP_AUTH_LEVELS:
+            self.problems.append(f"POWERBI_HTTP_AUTH_LEVEL must be one of {', '.join(HTTP_AUTH_LEVELS)}")
+
+        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None, required=not master_user)
+        if tenant and not _TENANT.match(tenant):
+            self.problems.append("POWERBI_TENANT_ID must be a tenant id (GUID) or domain name")
+        client_id = self.guid("POWERBI_CLIENT_ID", required=True)
+        secret = self.text("POWERBI_CLIENT_SECRET", required=not master_user)
+        username = self.text("POWERBI_USERNAME", required=master_user)
+        password = self.text("POWERBI_PASSWORD", required=master_user)
+
+        workspace_id = self.guid("POWERBI_WORKSPACE_ID")
+        allowed = self.guids("POWERBI_ALLOWED_WORKSPACES")
+        if allowed is None:
+            allowed = frozenset([workspace_id]) if workspace_id else frozenset()
+            if not (env.get("POWERBI_WORKSPACE_ID") or "").strip():
+                self.problems.append(
+                    "POWERBI_WORKSPACE_ID (or POWERBI_ALLOWED_WORKSPACES) is required: "
+                    "no workspace is allowed without it"
+                )
+        elif workspace_id and workspace_id not in allowed:
+            self.problems.append("POWERBI_WORKSPACE_ID must be one of POWERBI_ALLOWED_WORKSPACES")
+
+        lifetime = self.number("POWERBI_TOKEN_LIFETIME_MINUTES", None, 1, 24 * 60, int)
+        minimum = self.number("POWERBI_MIN_TOKEN_MINUTES", 10, 0, 24 * 60, int) or 0
+        if lifetime is not None and lifetime <= minimum:
+            # Every new token would already be too short to hand out.
+            self.problems.append("POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES")
+
+        settings = Settings(
+            auth_mode="ServicePrincipal" if not master_user else "MasterUser",
+            tenant_id=tenant or "",
+            client_id=client_id or "",
+            client_secret=secret,
+            username=username if master_user else None,
+            password=password if master_user else None,
+            authority_host=self.https_url("POWERBI_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST),
+            api_url=self.https_url("POWERBI_API_URL", DEFAULT_API_URL),
+            scope=self.text("POWERBI_SCOPE", DEFAULT_SCOPE) or DEFAULT_SCOPE,
+            workspace_id=workspace_id,
+            allowed_workspaces=allowed,
+            allowed_reports=self.guids("POWERBI_ALLOWED_REPORTS"),
+            allowed_dashboards=self.guids("POWERBI_ALLOWED_DASHBOARDS"),
+            token_lifetime_minutes=int(lifetime) if lifetime is not None else None,
+            min_token_minutes=int(minimum),
+            deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
+        )
+        if self.problems:
+            raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")
+        return settings
