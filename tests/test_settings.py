@@ -1,0 +1,132 @@
+"""Settings: defaults, what each sign-in mode requires, and complaints that name settings, never values."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.settings import Settings, http_auth_level
+
+CLIENT = "8c1f7d6e-2b4a-4e0f-9d3c-5a6b7c8d9e01"
+WORKSPACE = "f089354e-8366-4e18-aea3-4cb4a3a50b48"
+OTHER = "3d9b93c6-7b6d-4801-a491-1738910904fd"
+MASTER_USER = {
+    "POWERBI_CLIENT_ID": CLIENT,
+    "POWERBI_USERNAME": "embed@contoso.com",
+    "POWERBI_PASSWORD": "pw-value-7731",
+    "POWERBI_WORKSPACE_ID": WORKSPACE,
+}
+
+
+def problems(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env(env)
+    return raised.value.message
+
+
+def test_master_user_defaults() -> None:
+    s = Settings.from_env(MASTER_USER)
+
+    assert (s.auth_mode, s.tenant_id, s.client_type) == ("MasterUser", "organizations", "public")
+    assert s.authority == "https://login.microsoftonline.com/organizations"
+    assert s.api_url == "https://api.powerbi.com"
+    assert s.scope == "https://analysis.windows.net/powerbi/api/.default"
+    assert s.allowed_workspaces == {WORKSPACE}
+    assert (s.allowed_reports, s.allowed_dashboards, s.token_lifetime_minutes) == (None, None, None)
+    assert (s.min_token_minutes, s.deadline_seconds) == (10, 20.0)
+    assert "pw-value-7731" not in repr(s)
+
+
+def test_a_secret_makes_the_master_user_a_confidential_client() -> None:
+    s = Settings.from_env({**MASTER_USER, "POWERBI_CLIENT_SECRET": "secret-4410"})
+
+    assert s.client_type == "confidential"
+    assert "secret-4410" not in repr(s)
+
+
+def test_service_principal_requires_tenant_and_secret_but_no_user() -> None:
+    env = {"POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_CLIENT_ID": CLIENT, "POWERBI_WORKSPACE_ID": WORKSPACE}
+
+    message = problems(env)
+
+    assert "POWERBI_TENANT_ID is required" in message
+    assert "POWERBI_CLIENT_SECRET is required" in message
+    assert "POWERBI_USERNAME" not in message
+    s = Settings.from_env({**env, "POWERBI_TENANT_ID": "contoso.onmicrosoft.com", "POWERBI_CLIENT_SECRET": "x"})
+    assert (s.auth_mode, s.username, s.password) == ("ServicePrincipal", None, None)
+
+
+def test_every_problem_is_named_at_once_and_no_value_is_shown() -> None:
+    message = problems(
+        {
+            "POWERBI_AUTH_MODE": "Magic-9913",
+            "POWERBI_CLIENT_ID": "client-9913",
+            "POWERBI_WORKSPACE_ID": WORKSPACE,
+            "POWERBI_ALLOWED_REPORTS": "r-9913,",
+            "POWERBI_AUTHORITY_HOST": "http://login-9913.example",
+            "POWERBI_MIN_TOKEN_MINUTES": "ten-9913",
+            "POWERBI_HTTP_AUTH_LEVEL": "open-9913",
+        }
+    )
+
+    for name in (
+        "POWERBI_AUTH_MODE",
+        "POWERBI_CLIENT_ID must be a GUID",
+        "POWERBI_ALLOWED_REPORTS",
+        "POWERBI_AUTHORITY_HOST must be an https URL",
+        "POWERBI_MIN_TOKEN_MINUTES must be a whole number",
+        "POWERBI_HTTP_AUTH_LEVEL",
+    ):
+        assert name in message
+    assert "9913" not in message
+
+
+def test_a_workspace_is_required() -> None:
+    env = {k: v for k, v in MASTER_USER.items() if k != "POWERBI_WORKSPACE_ID"}
+
+    assert "POWERBI_WORKSPACE_ID (or POWERBI_ALLOWED_WORKSPACES) is required" in problems(env)
+    assert Settings.from_env({**env, "POWERBI_ALLOWED_WORKSPACES": WORKSPACE}).workspace_id is None
+
+
+def test_allow_lists_are_canonical_guids() -> None:
+    s = Settings.from_env(
+        {**MASTER_USER, "POWERBI_ALLOWED_WORKSPACES": f" {WORKSPACE.upper()} , {OTHER}", "POWERBI_ALLOWED_REPORTS": OTHER}
+    )
+
+    assert s.allowed_workspaces == {WORKSPACE, OTHER}
+    assert s.allowed_reports == {OTHER}
+
+
+def test_the_default_workspace_must_be_allowed() -> None:
+    assert "POWERBI_WORKSPACE_ID must be one of POWERBI_ALLOWED_WORKSPACES" in problems(
+        {**MASTER_USER, "POWERBI_ALLOWED_WORKSPACES": OTHER}
+    )
+
+
+def test_a_lifetime_no_longer_than_the_minimum_is_refused() -> None:
+    message = problems({**MASTER_USER, "POWERBI_TOKEN_LIFETIME_MINUTES": "10"})
+
+    assert "POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES" in message
+    assert Settings.from_env({**MASTER_USER, "POWERBI_TOKEN_LIFETIME_MINUTES": "11"}).token_lifetime_minutes == 11
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "@Microsoft.KeyVault(SecretUri=https://kv-5521.vault.azure.net/secrets/pw/)",
+        "@Microsoft.KeyVault(VaultName=kv-5521;SecretName=pw)",
+    ],
+)
+def test_an_unresolved_key_vault_reference_is_a_configuration_error(reference: str) -> None:
+    message = problems({**MASTER_USER, "POWERBI_PASSWORD": reference})
+
+    assert "POWERBI_PASSWORD is a Key Vault reference the platform could not resolve" in message
+    assert "Key Vault Secrets User" in message and "az login" in message
+    assert "5521" not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "level"), [("", "function"), ("anonymous", "anonymous"), ("ANONYMOUS", "anonymous"), ("bogus", "function")]
+)
+def test_http_auth_level(value: str, level: str) -> None:
+    assert http_auth_level({"POWERBI_HTTP_AUTH_LEVEL": value}) == level
