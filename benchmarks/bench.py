@@ -26,8 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import function_app  # noqa: E402
-from emulator import CLIENT_ID, CLIENT_SECRET, PASSWORD, REPORT_ID, TENANT_ID, USERNAME, WORKSPACE_ID  # noqa: E402
-from emulator import FakeUpstream  # noqa: E402
+from emulator import (  # noqa: E402
+    CLIENT_ID,
+    CLIENT_SECRET,
+    PASSWORD,
+    REPORT_ID,
+    TENANT_ID,
+    USERNAME,
+    WORKSPACE_ID,
+    FakeUpstream,
+)
 from emulator.host import FunctionRoutes  # noqa: E402
 from shared.embed import EmbedService  # noqa: E402
 from shared.settings import Settings  # noqa: E402

@@ -90,7 +90,11 @@ def test_a_workspace_is_required() -> None:
 
 def test_allow_lists_are_canonical_guids() -> None:
     s = Settings.from_env(
-        {**MASTER_USER, "POWERBI_ALLOWED_WORKSPACES": f" {WORKSPACE.upper()} , {OTHER}", "POWERBI_ALLOWED_REPORTS": OTHER}
+        {
+            **MASTER_USER,
+            "POWERBI_ALLOWED_WORKSPACES": f" {WORKSPACE.upper()} , {OTHER}",
+            "POWERBI_ALLOWED_REPORTS": OTHER,
+        }
     )
 
     assert s.allowed_workspaces == {WORKSPACE, OTHER}
@@ -126,7 +130,8 @@ def test_an_unresolved_key_vault_reference_is_a_configuration_error(reference: s
 
 
 @pytest.mark.parametrize(
-    ("value", "level"), [("", "function"), ("anonymous", "anonymous"), ("ANONYMOUS", "anonymous"), ("bogus", "function")]
+    ("value", "level"),
+    [("", "function"), ("anonymous", "anonymous"), ("ANONYMOUS", "anonymous"), ("bogus", "function")],
 )
 def test_http_auth_level(value: str, level: str) -> None:
     assert http_auth_level({"POWERBI_HTTP_AUTH_LEVEL": value}) == level
