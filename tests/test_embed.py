@@ -100,6 +100,8 @@ def test_master_user_through_a_public_client(call: Callable[..., Any], fake: Fak
     del env["POWERBI_CLIENT_SECRET"]
 
     assert call(REPORT).status_code == 200
+    assert call(DASHBOARD).status_code == 200
+    assert len(fake.token_calls) == 1  # the second request's Entra token came from MSAL's cache
     grant = fake.token_calls[0].form
     assert (grant["grant_type"], grant["client_id"], grant["password"]) == ("password", PUBLIC_CLIENT_ID, PASSWORD)
     assert "client_secret" not in grant
