@@ -120,7 +120,7 @@ class EmbedService:
         return cls(
             settings,
             EntraTokenProvider(settings, http, clock),
-            PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes),
+            PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes, settings.profile_id),
             clock,
         )
 

@@ -78,7 +78,7 @@ class EntraTokenProvider:
         self.clock = clock
         self._http = MsalHttpClient(http, settings.authority_host)
         self._cache = msal.TokenCache()
-        self._app: msal.ClientApplication | None = None
+        self._app: msal.ClientApplication | msal.ManagedIdentityClient | None = None
         self._lock = threading.Lock()
 
     def token(self, min_seconds: float) -> AccessToken:
@@ -103,20 +103,34 @@ class EntraTokenProvider:
         finally:
             self._lock.release()
 
-    def _application(self) -> msal.ClientApplication:
+    def _application(self) -> msal.ClientApplication | msal.ManagedIdentityClient:
         if self._app is None:
             s = self.settings
+            if s.auth_mode == "ManagedIdentity":
+                # App Service and Functions expose IDENTITY_ENDPOINT and IDENTITY_HEADER; MSAL reads them.
+                identity = (
+                    msal.UserAssignedManagedIdentity(client_id=s.managed_identity_client_id)
+                    if s.managed_identity_client_id
+                    else msal.SystemAssignedManagedIdentity()
+                )
+                self._app = msal.ManagedIdentityClient(identity, http_client=self._http, token_cache=self._cache)
+                return self._app
             common: dict[str, Any] = {
                 "authority": s.authority,
                 "instance_discovery": False,
                 "http_client": self._http,
                 "token_cache": self._cache,
             }
+            credential: str | dict[str, str] | None = s.client_secret
+            if s.client_certificate:
+                # MSAL computes the thumbprint (SHA-256) from the certificate itself.
+                credential = {
+                    "private_key": s.client_certificate.private_key,
+                    "public_certificate": s.client_certificate.certificate,
+                }
             try:
-                if s.client_secret:
-                    self._app = msal.ConfidentialClientApplication(
-                        s.client_id, client_credential=s.client_secret, **common
-                    )
+                if credential:
+                    self._app = msal.ConfidentialClientApplication(s.client_id, client_credential=credential, **common)
                 else:
                     logger.warning(
                         "POWERBI_CLIENT_SECRET is not set: signing in as a public client, which MSAL "
@@ -140,7 +154,9 @@ class EntraTokenProvider:
         app = self._application()
         scopes = [s.scope]
         try:
-            if s.auth_mode == "ServicePrincipal":
+            if isinstance(app, msal.ManagedIdentityClient):
+                result = app.acquire_token_for_client(resource=s.resource)  # looks in the cache first
+            elif s.auth_mode == "ServicePrincipal":
                 result = app.acquire_token_for_client(scopes)  # looks in the cache first
             else:
                 accounts = app.get_accounts(username=s.username)
@@ -156,21 +172,24 @@ class EntraTokenProvider:
             codes = result.get("error_codes") or [_aadsts(result.get("error_description", ""))]
             code = codes[0] if codes else None
             first_line = (result.get("error_description") or "").splitlines()[:1]
+            message = sign_in_message(code)
+            if isinstance(app, msal.ManagedIdentityClient) and code is None:
+                message = (
+                    "The managed identity could not get a token: check that the app has a managed identity "
+                    "(and, for a user-assigned one, POWERBI_MANAGED_IDENTITY_CLIENT_ID)."
+                )
             raise SignInFailed(
-                sign_in_message(code),
+                message,
                 cause=f"Entra ID error {result.get('error')} (AADSTS{code}) correlation_id="
                 f"{result.get('correlation_id')}: {' '.join(first_line)[:200]}",
             )
         return AccessToken(result["access_token"], self.clock.now() + int(result.get("expires_in", 0)))
 
     def _drop_access_tokens(self) -> None:
-        """Forget cached access tokens so MSAL fetches a new one (with the refresh token for
-        a master user, with the client credentials for a service principal)."""
-        for entry in list(
-            self._cache.search(
-                msal.TokenCache.CredentialType.ACCESS_TOKEN, query={"client_id": self.settings.client_id}
-            )
-        ):
+        """Forget cached access tokens so MSAL fetches a new one (with the refresh token for a master
+        user, with its credentials for a service principal or managed identity). The cache is this
+        provider's alone, so every access token in it is ours."""
+        for entry in list(self._cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
             self._cache.remove_at(entry)
 
 

@@ -51,10 +51,14 @@ class EmbedToken:
 
 
 class PowerBIClient:
-    def __init__(self, api_url: str, http: HttpClient, lifetime_minutes: int | None = None) -> None:
+    def __init__(
+        self, api_url: str, http: HttpClient, lifetime_minutes: int | None = None, profile_id: str | None = None
+    ) -> None:
         self.base = f"{api_url}/v1.0/myorg"
         self.http = http
         self.lifetime_minutes = lifetime_minutes
+        # A service principal profile acts in Power BI as itself: every call must name it.
+        self.profile_headers = {"X-PowerBI-Profile-Id": profile_id} if profile_id else {}
 
     def get_item(self, access_token: str, kind: str, workspace_id: str, item_id: str) -> Item:
         """GET the report or dashboard in its workspace, for its embed URL (and a report's dataset)."""
@@ -86,7 +90,10 @@ class PowerBIClient:
 
     def _call(self, access_token: str, method: str, path: str, *, what: str, **kwargs: Any) -> dict[str, Any]:
         response = self.http.request(
-            method, self.base + path, headers={"Authorization": f"Bearer {access_token}"}, **kwargs
+            method,
+            self.base + path,
+            headers={"Authorization": f"Bearer {access_token}", **self.profile_headers},
+            **kwargs,
         )
         if response.ok:
             try:

@@ -11,23 +11,56 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
 
-AuthMode = Literal["MasterUser", "ServicePrincipal"]
-AUTH_MODES: tuple[AuthMode, ...] = ("MasterUser", "ServicePrincipal")
+AuthMode = Literal["MasterUser", "ServicePrincipal", "ManagedIdentity"]
+AUTH_MODES: tuple[AuthMode, ...] = ("MasterUser", "ServicePrincipal", "ManagedIdentity")
 HTTP_AUTH_LEVELS = ("function", "anonymous", "admin")
 
-DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
-DEFAULT_API_URL = "https://api.powerbi.com"
-DEFAULT_SCOPE = "https://analysis.windows.net/powerbi/api/.default"
+
+@dataclass(frozen=True)
+class Cloud:
+    """Where a Power BI cloud signs in and answers (Microsoft's published endpoints)."""
+
+    authority_host: str
+    api_url: str
+    resource: str
+
+
+CLOUDS: dict[str, Cloud] = {
+    "Public": Cloud(
+        "https://login.microsoftonline.com", "https://api.powerbi.com", "https://analysis.windows.net/powerbi/api"
+    ),
+    "USGov": Cloud(  # GCC: commercial Entra ID, government Power BI
+        "https://login.microsoftonline.com",
+        "https://api.powerbigov.us",
+        "https://analysis.usgovcloudapi.net/powerbi/api",
+    ),
+    "USGovHigh": Cloud(
+        "https://login.microsoftonline.us",
+        "https://api.high.powerbigov.us",
+        "https://high.analysis.usgovcloudapi.net/powerbi/api",
+    ),
+    "USGovDoD": Cloud(
+        "https://login.microsoftonline.us",
+        "https://api.mil.powerbigov.us",
+        "https://mil.analysis.usgovcloudapi.net/powerbi/api",
+    ),
+    "China": Cloud(
+        "https://login.chinacloudapi.cn", "https://api.powerbi.cn", "https://analysis.chinacloudapi.cn/powerbi/api"
+    ),
+}
 
 # App Service / Functions leave a Key Vault reference in place, literally, when it
 # cannot resolve it. Such a value must never be used as a password or secret.
 _KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+_PEM_KEY = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.DOTALL)
 
 
 def parse_guid(value: str) -> str | None:
@@ -42,6 +75,14 @@ def parse_guid(value: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """A client certificate: MSAL computes the thumbprint from the certificate itself."""
+
+    private_key: str = field(repr=False)
+    certificate: str
+
+
+@dataclass(frozen=True)
 class Settings:
     auth_mode: AuthMode
     tenant_id: str
@@ -52,8 +93,12 @@ class Settings:
     allowed_workspaces: frozenset[str]
     workspace_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
+    client_certificate: Certificate | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    managed_identity_client_id: str | None = None
+    profile_id: str | None = None
+    cloud: str = "Public"
     allowed_reports: frozenset[str] | None = None
     allowed_dashboards: frozenset[str] | None = None
     token_lifetime_minutes: int | None = None
@@ -65,8 +110,15 @@ class Settings:
         return f"{self.authority_host}/{self.tenant_id}"
 
     @property
-    def client_type(self) -> Literal["confidential", "public"]:
-        return "confidential" if self.client_secret else "public"
+    def resource(self) -> str:
+        """The scope as a resource, for managed identity (which takes no scopes)."""
+        return self.scope.removesuffix("/.default")
+
+    @property
+    def client_type(self) -> Literal["confidential", "public", "managedIdentity"]:
+        if self.auth_mode == "ManagedIdentity":
+            return "managedIdentity"
+        return "confidential" if self.client_secret or self.client_certificate else "public"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -146,21 +198,60 @@ class _Reader:
             self.problems.append(f"{name} must be an https URL with a host and no path")
         return value.rstrip("/")
 
+    def certificate(self) -> Certificate | None:
+        """POWERBI_CLIENT_CERTIFICATE (the PEM itself, e.g. from Key Vault) or ..._PATH (a PEM file)."""
+        pem = self.text("POWERBI_CLIENT_CERTIFICATE")
+        path = self.text("POWERBI_CLIENT_CERTIFICATE_PATH")
+        if pem and path:
+            self.problems.append("set POWERBI_CLIENT_CERTIFICATE or POWERBI_CLIENT_CERTIFICATE_PATH, not both")
+            return None
+        name = "POWERBI_CLIENT_CERTIFICATE" if pem else "POWERBI_CLIENT_CERTIFICATE_PATH"
+        if path:
+            try:
+                pem = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                self.problems.append(f"{name} names a file that cannot be read")
+                return None
+        if not pem:
+            return None
+        pem = pem.replace("\\n", "\n")  # app settings often carry a PEM on one line
+        certificate, key = _PEM_CERTIFICATE.search(pem), _PEM_KEY.search(pem)
+        if not (certificate and key):
+            self.problems.append(
+                f"{name} must be a PEM holding the certificate and its unencrypted private key "
+                "(in Key Vault, give the certificate the content type PEM)"
+            )
+            return None
+        return Certificate(key.group(0), certificate.group(0))
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
         if mode not in AUTH_MODES:
             self.problems.append(f"POWERBI_AUTH_MODE must be one of {', '.join(AUTH_MODES)}")
-        master_user = mode != "ServicePrincipal"
+            mode = "MasterUser"
+        master_user, service_principal = mode == "MasterUser", mode == "ServicePrincipal"
         raw_level = env.get("POWERBI_HTTP_AUTH_LEVEL", "").strip().lower()
         if raw_level and raw_level not in HTTP_AUTH_LEVELS:
             self.problems.append(f"POWERBI_HTTP_AUTH_LEVEL must be one of {', '.join(HTTP_AUTH_LEVELS)}")
+        cloud_name = self.text("POWERBI_CLOUD", "Public") or "Public"
+        if cloud_name not in CLOUDS:
+            self.problems.append(f"POWERBI_CLOUD must be one of {', '.join(CLOUDS)}")
+            cloud_name = "Public"
+        cloud = CLOUDS[cloud_name]
 
-        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None, required=not master_user)
+        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None, required=service_principal)
         if tenant and not _TENANT.match(tenant):
             self.problems.append("POWERBI_TENANT_ID must be a tenant id (GUID) or domain name")
-        client_id = self.guid("POWERBI_CLIENT_ID", required=True)
-        secret = self.text("POWERBI_CLIENT_SECRET", required=not master_user)
+        client_id = self.guid("POWERBI_CLIENT_ID", required=mode != "ManagedIdentity")
+        secret = self.text("POWERBI_CLIENT_SECRET")
+        certificate = self.certificate()
+        if service_principal and not (secret or certificate):
+            self.problems.append(
+                "POWERBI_CLIENT_SECRET or POWERBI_CLIENT_CERTIFICATE(_PATH) is required for a service principal"
+            )
+        if secret and certificate:
+            self.problems.append("set POWERBI_CLIENT_SECRET or a client certificate, not both")
         username = self.text("POWERBI_USERNAME", required=master_user)
         password = self.text("POWERBI_PASSWORD", required=master_user)
 
@@ -183,15 +274,19 @@ class _Reader:
             self.problems.append("POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES")
 
         settings = Settings(
-            auth_mode="ServicePrincipal" if not master_user else "MasterUser",
+            auth_mode=mode,  # type: ignore[arg-type]  # checked against AUTH_MODES above
             tenant_id=tenant or "",
             client_id=client_id or "",
-            client_secret=secret,
+            client_secret=secret if mode != "ManagedIdentity" else None,
+            client_certificate=certificate if mode != "ManagedIdentity" else None,
             username=username if master_user else None,
             password=password if master_user else None,
-            authority_host=self.https_url("POWERBI_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST),
-            api_url=self.https_url("POWERBI_API_URL", DEFAULT_API_URL),
-            scope=self.text("POWERBI_SCOPE", DEFAULT_SCOPE) or DEFAULT_SCOPE,
+            managed_identity_client_id=self.guid("POWERBI_MANAGED_IDENTITY_CLIENT_ID"),
+            profile_id=self.guid("POWERBI_PROFILE_ID"),
+            cloud=cloud_name,
+            authority_host=self.https_url("POWERBI_AUTHORITY_HOST", cloud.authority_host),
+            api_url=self.https_url("POWERBI_API_URL", cloud.api_url),
+            scope=self.text("POWERBI_SCOPE") or f"{cloud.resource}/.default",
             workspace_id=workspace_id,
             allowed_workspaces=allowed,
             allowed_reports=self.guids("POWERBI_ALLOWED_REPORTS"),

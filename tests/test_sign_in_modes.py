@@ -1,0 +1,155 @@
+"""Sign-in modes and clouds: service principal with a certificate, managed identity, profiles, sovereign clouds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from emulator import CLIENT_ID, REPORT_ID, TENANT_ID, FakeUpstream
+from shared.errors import ConfigurationError
+from shared.settings import Settings
+
+REPORT = f"/api/embed/reports/{REPORT_ID}"
+PROFILE_ID = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
+BASE = {"POWERBI_CLIENT_ID": CLIENT_ID, "POWERBI_WORKSPACE_ID": "f089354e-8366-4e18-aea3-4cb4a3a50b48"}
+SERVICE_PRINCIPAL = {**BASE, "POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_TENANT_ID": TENANT_ID}
+
+
+@pytest.mark.parametrize(
+    ("cloud", "authority", "api", "scope"),
+    [
+        (
+            "Public",
+            "https://login.microsoftonline.com",
+            "https://api.powerbi.com",
+            "https://analysis.windows.net/powerbi/api/.default",
+        ),
+        (
+            "USGov",
+            "https://login.microsoftonline.com",
+            "https://api.powerbigov.us",
+            "https://analysis.usgovcloudapi.net/powerbi/api/.default",
+        ),
+        (
+            "USGovHigh",
+            "https://login.microsoftonline.us",
+            "https://api.high.powerbigov.us",
+            "https://high.analysis.usgovcloudapi.net/powerbi/api/.default",
+        ),
+        (
+            "USGovDoD",
+            "https://login.microsoftonline.us",
+            "https://api.mil.powerbigov.us",
+            "https://mil.analysis.usgovcloudapi.net/powerbi/api/.default",
+        ),
+        (
+            "China",
+            "https://login.chinacloudapi.cn",
+            "https://api.powerbi.cn",
+            "https://analysis.chinacloudapi.cn/powerbi/api/.default",
+        ),
+    ],
+)
+def test_cloud_presets(cloud: str, authority: str, api: str, scope: str) -> None:
+    s = Settings.from_env({**SERVICE_PRINCIPAL, "POWERBI_CLIENT_SECRET": "x", "POWERBI_CLOUD": cloud})
+
+    assert (s.authority, s.api_url, s.scope) == (f"{authority}/{TENANT_ID}", api, scope)
+
+
+def test_explicit_hosts_override_the_cloud() -> None:
+    s = Settings.from_env(
+        {
+            **SERVICE_PRINCIPAL,
+            "POWERBI_CLIENT_SECRET": "x",
+            "POWERBI_CLOUD": "China",
+            "POWERBI_AUTHORITY_HOST": "https://login.example.test",
+            "POWERBI_API_URL": "https://api.example.test",
+            "POWERBI_SCOPE": "https://example.test/powerbi/api/.default",
+        }
+    )
+
+    assert (s.authority_host, s.api_url, s.resource) == (
+        "https://login.example.test",
+        "https://api.example.test",
+        "https://example.test/powerbi/api",
+    )
+
+
+def test_an_unknown_cloud_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="POWERBI_CLOUD must be one of Public, USGov, USGovHigh"):
+        Settings.from_env({**SERVICE_PRINCIPAL, "POWERBI_CLIENT_SECRET": "x", "POWERBI_CLOUD": "Mars"})
+
+
+# --- certificates -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate_pem() -> str:
+    """A client certificate with its private key, as a PEM (the shape Key Vault gives for content type PEM)."""
+    leaf = trustme.CA().issue_cert("embed-function.contoso.test")
+    return leaf.private_key_pem.bytes().decode() + leaf.cert_chain_pems[0].bytes().decode()
+
+
+def test_certificate_from_a_file_or_from_the_setting(certificate_pem: str, tmp_path: Path) -> None:
+    path = tmp_path / "client.pem"
+    path.write_text(certificate_pem)
+
+    from_file = Settings.from_env({**SERVICE_PRINCIPAL, "POWERBI_CLIENT_CERTIFICATE_PATH": str(path)})
+    one_line = certificate_pem.replace("\n", "\\n")
+    from_setting = Settings.from_env({**SERVICE_PRINCIPAL, "POWERBI_CLIENT_CERTIFICATE": one_line})
+
+    assert from_file.client_certificate == from_setting.client_certificate
+    assert from_file.client_certificate is not None
+    assert "PRIVATE KEY" in from_file.client_certificate.private_key
+    assert from_file.client_type == "confidential"
+    assert "PRIVATE KEY" not in repr(from_file)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"POWERBI_CLIENT_CERTIFICATE": "-----BEGIN CERTIFICATE-----\nabc\n"}, "must be a PEM holding"),
+        ({"POWERBI_CLIENT_CERTIFICATE_PATH": "/nonexistent/client.pem"}, "names a file that cannot be read"),
+        ({}, "POWERBI_CLIENT_SECRET or POWERBI_CLIENT_CERTIFICATE(_PATH) is required"),
+    ],
+)
+def test_certificate_problems(extra: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({**SERVICE_PRINCIPAL, **extra})
+
+    assert problem in raised.value.message
+
+
+def test_a_secret_and_a_certificate_together_are_ambiguous(certificate_pem: str) -> None:
+    env = {**SERVICE_PRINCIPAL, "POWERBI_CLIENT_SECRET": "s", "POWERBI_CLIENT_CERTIFICATE": certificate_pem}
+
+    with pytest.raises(ConfigurationError, match="set POWERBI_CLIENT_SECRET or a client certificate, not both"):
+        Settings.from_env(env)
+
+
+# --- managed identity and profiles --------------------------------------------------------------------------
+
+
+def test_managed_identity_needs_no_client_id_tenant_or_secret() -> None:
+    s = Settings.from_env(
+        {"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_WORKSPACE_ID": BASE["POWERBI_WORKSPACE_ID"]}
+    )
+
+    assert (s.client_type, s.client_secret, s.managed_identity_client_id) == ("managedIdentity", None, None)
+    assert s.resource == "https://analysis.windows.net/powerbi/api"
+
+
+def test_a_profile_id_goes_with_every_power_bi_call(
+    call: Callable[..., Any], fake: FakeUpstream, env: dict[str, str]
+) -> None:
+    env.update({"POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_PROFILE_ID": PROFILE_ID})
+
+    assert call(REPORT).status_code == 200
+    power_bi = fake.calls(path_contains="/v1.0/")
+    assert len(power_bi) == 2
+    assert {r.headers.get("x-powerbi-profile-id") for r in power_bi} == {PROFILE_ID}
+    assert all("x-powerbi-profile-id" not in r.headers for r in fake.token_calls)
