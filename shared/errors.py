@@ -9,6 +9,17 @@ or a token: messages name settings, never their values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What Power BI answered (status, its error code and message): for the log and the doctor."""
+
+    status: int
+    code: str = ""
+    message: str = ""
+
 
 class EmbedError(Exception):
     status = 500
@@ -21,12 +32,14 @@ class EmbedError(Exception):
         cause: str = "",
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.cause = cause or message
         self.request_id = request_id
         self.headers = headers or {}
+        self.upstream = upstream
 
 
 class InvalidRequest(EmbedError):
@@ -50,9 +63,18 @@ class Throttled(EmbedError):
     code = "throttled"
 
     def __init__(
-        self, message: str, *, status: int, retry_after: int, cause: str = "", request_id: str | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after: int,
+        cause: str = "",
+        request_id: str | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
-        super().__init__(message, cause=cause, request_id=request_id, headers={"Retry-After": str(retry_after)})
+        super().__init__(
+            message, cause=cause, request_id=request_id, headers={"Retry-After": str(retry_after)}, upstream=upstream
+        )
         self.status = status
         self.code = "throttled" if status == 429 else "unavailable"
 

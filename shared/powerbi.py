@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from shared.errors import EmbedError, NotFound, PowerBIRefused, Throttled
+from shared.errors import EmbedError, NotFound, PowerBIRefused, Throttled, Upstream
 from shared.http import HttpClient
 
 # When Power BI throttles without saying for how long.
@@ -60,6 +60,10 @@ class PowerBIClient:
         # A service principal profile acts in Power BI as itself: every call must name it.
         self.profile_headers = {"X-PowerBI-Profile-Id": profile_id} if profile_id else {}
 
+    def get(self, access_token: str, path: str) -> dict[str, Any]:
+        """GET any Power BI path under ``/v1.0/myorg`` (the doctor lists workspaces and items with it)."""
+        return self._call(access_token, "GET", path, what=path)
+
     def get_item(self, access_token: str, kind: str, workspace_id: str, item_id: str) -> Item:
         """GET the report or dashboard in its workspace, for its embed URL (and a report's dataset)."""
         body = self._call(access_token, "GET", f"/groups/{workspace_id}/{kind}s/{item_id}", what=f"{kind} {item_id}")
@@ -102,54 +106,53 @@ class PowerBIClient:
                 body = None
             if isinstance(body, dict):
                 return body
-            raise _refusal(response, "Power BI sent an answer we could not read.", method, path)
+            raise PowerBIRefused(
+                "Power BI sent an answer we could not read.",
+                cause=f"unreadable Power BI answer to {method} {path}",
+                request_id=response.headers.get("RequestId"),
+            )
         raise _failure(response, what, method, path)
 
 
 def _failure(response: requests.Response, what: str, method: str, path: str) -> EmbedError:
     status = response.status_code
+    upstream = _upstream(response)
+    cause = f"Power BI HTTP {status} {upstream.code} on {method} {path}"
     request_id = response.headers.get("RequestId")
-    cause = f"Power BI HTTP {status} {_error_code(response)} on {method} {path}"
     if status == 404:
         return NotFound(
             f"Power BI has no {what} in this workspace, or the identity cannot see it.",
             cause=cause,
             request_id=request_id,
+            upstream=upstream,
         )
     if status in (429, 503):
         return Throttled(
-            "Power BI is busy; try again after the time in Retry-After."
-            if status == 429
-            else "Power BI is unavailable; try again after the time in Retry-After.",
+            f"Power BI is {'busy' if status == 429 else 'unavailable'}; try again after the time in Retry-After.",
             status=status,
             retry_after=_retry_after(response),
             cause=cause,
             request_id=request_id,
+            upstream=upstream,
         )
     hint = _REFUSAL_HINTS.get(status)
-    return _refusal(
-        response,
-        f"Power BI refused the call (HTTP {status}, RequestId {request_id})" + (f": {hint}." if hint else "."),
-        method,
-        path,
-    )
-
-
-def _refusal(response: requests.Response, message: str, method: str, path: str) -> PowerBIRefused:
     return PowerBIRefused(
-        message,
-        cause=f"Power BI HTTP {response.status_code} {_error_code(response)} on {method} {path}",
-        request_id=response.headers.get("RequestId"),
+        f"Power BI refused the call (HTTP {status}, RequestId {request_id})" + (f": {hint}." if hint else "."),
+        cause=cause,
+        request_id=request_id,
+        upstream=upstream,
     )
 
 
-def _error_code(response: requests.Response) -> str:
-    """Power BI's own error code (``{"error": {"code": ...}}``), for the log."""
+def _upstream(response: requests.Response) -> Upstream:
+    """Power BI's own error code and message (``{"error": {"code", "message"}}``), when it sent them."""
     try:
         error = response.json().get("error", {})
-        return str(error.get("code", "")) if isinstance(error, dict) else ""
     except (ValueError, AttributeError):
-        return ""
+        error = {}
+    if not isinstance(error, dict):
+        error = {}
+    return Upstream(response.status_code, str(error.get("code", "")), str(error.get("message", ""))[:300])
 
 
 def _retry_after(response: requests.Response) -> int:

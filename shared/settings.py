@@ -55,9 +55,36 @@ CLOUDS: dict[str, Cloud] = {
     ),
 }
 
+# Every setting the function reads, in the order the doctor lists them; secrets are only ever "set".
+SETTING_NAMES = (
+    "POWERBI_AUTH_MODE",
+    "POWERBI_CLOUD",
+    "POWERBI_TENANT_ID",
+    "POWERBI_CLIENT_ID",
+    "POWERBI_CLIENT_SECRET",
+    "POWERBI_CLIENT_CERTIFICATE",
+    "POWERBI_CLIENT_CERTIFICATE_PATH",
+    "POWERBI_USERNAME",
+    "POWERBI_PASSWORD",
+    "POWERBI_MANAGED_IDENTITY_CLIENT_ID",
+    "POWERBI_PROFILE_ID",
+    "POWERBI_AUTHORITY_HOST",
+    "POWERBI_API_URL",
+    "POWERBI_SCOPE",
+    "POWERBI_WORKSPACE_ID",
+    "POWERBI_ALLOWED_WORKSPACES",
+    "POWERBI_ALLOWED_REPORTS",
+    "POWERBI_ALLOWED_DASHBOARDS",
+    "POWERBI_TOKEN_LIFETIME_MINUTES",
+    "POWERBI_MIN_TOKEN_MINUTES",
+    "POWERBI_REQUEST_DEADLINE_SECONDS",
+    "POWERBI_HTTP_AUTH_LEVEL",
+)
+SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
+
 # App Service / Functions leave a Key Vault reference in place, literally, when it
 # cannot resolve it. Such a value must never be used as a password or secret.
-_KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _PEM_KEY = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.DOTALL)
@@ -144,7 +171,7 @@ class _Reader:
 
     def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = (self.env.get(name) or "").strip()
-        if _KEY_VAULT_REFERENCE.match(value):
+        if KEY_VAULT_REFERENCE.match(value):
             self.problems.append(
                 f"{name} is a Key Vault reference the platform could not resolve: check that the "
                 "function app's managed identity is enabled and may read the secret (role 'Key Vault "

@@ -1,0 +1,278 @@
+"""The doctor: a checklist a person can act on, for when the function does not work yet.
+
+    python -m shared.doctor            # check local.settings.json (or the environment)
+    python -m shared.doctor --list     # list workspaces, reports and dashboards with their ids
+    python -m shared.doctor --settings path/to/local.settings.json
+
+It reads the settings the way the function does, signs in the way the function does,
+and asks Power BI what the function would ask, explaining each failure with its cause
+and fix. Secrets are shown only as set or unset. The exit status is 0 only when an
+embed token could be generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import requests
+
+from shared.clock import SYSTEM_CLOCK, Deadline
+from shared.embed import EmbedService, Kind
+from shared.entra import AccessToken
+from shared.errors import ConfigurationError, EmbedError, Throttled
+from shared.http import call_context
+from shared.settings import KEY_VAULT_REFERENCE, SECRET_SETTINGS, SETTING_NAMES, Settings
+
+DEADLINE_SECONDS = 60.0  # a person is waiting, but the doctor makes many calls
+_PLACEHOLDER_WORKSPACE = "00000000-0000-0000-0000-000000000000"
+
+
+class Report:
+    """Prints the checklist: one line a check, a fix under each failure."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def section(self, title: str) -> None:
+        print(f"\n{title}", file=self.out)
+
+    def line(self, mark: str, text: str, fix: str = "") -> None:
+        print(f"  {mark:<5} {text}", file=self.out)
+        if fix:
+            print(f"        fix: {fix}", file=self.out)
+
+    def ok(self, text: str) -> None:
+        self.line("ok", text)
+
+    def warn(self, text: str, fix: str = "") -> None:
+        self.line("warn", text, fix)
+
+    def fail(self, text: str, fix: str = "") -> None:
+        self.line("FAIL", text, fix)
+
+
+def load_env(settings_file: Path | None, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The settings as the function would see them: local.settings.json Values over the environment."""
+    path = settings_file or Path("local.settings.json")
+    if path.is_file():
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+        return {**environ, **{k: str(v) for k, v in values.items()}}, str(path)
+    if settings_file:
+        raise SystemExit(f"{settings_file} does not exist")
+    return dict(environ), "the environment"
+
+
+def check_settings(env: Mapping[str, str], source: str, report: Report, listing: bool = False) -> Settings | None:
+    report.section(f"Settings (from {source})")
+    unset = []
+    for name in SETTING_NAMES:
+        value = env.get(name, "").strip()
+        if not value:
+            unset.append(name)
+        elif KEY_VAULT_REFERENCE.match(value):
+            report.fail(
+                f"{name}: an unresolved Key Vault reference",
+                "give the app's managed identity 'Key Vault Secrets User' on the vault and check the secret "
+                "exists; locally, `az login` first",
+            )
+        else:
+            report.line("", f"{name} = {'(set)' if name in SECRET_SETTINGS else value}")
+    report.line("", f"unset (defaults apply): {', '.join(unset)}")
+    if listing and not (env.get("POWERBI_WORKSPACE_ID") or env.get("POWERBI_ALLOWED_WORKSPACES")):
+        # --list needs only the sign-in settings: finding the workspace id is what it is for.
+        env = {**env, "POWERBI_WORKSPACE_ID": _PLACEHOLDER_WORKSPACE}
+    try:
+        settings = Settings.from_env(env)
+    except ConfigurationError as error:
+        for problem in error.message.split(": ", 1)[-1].rstrip(".").split("; "):
+            report.fail(problem)
+        return None
+    report.ok(f"complete: {settings.auth_mode} ({settings.client_type}), cloud {settings.cloud}")
+    return settings
+
+
+def identity(settings: Settings) -> str:
+    if settings.auth_mode == "MasterUser":
+        return f"master user {settings.username}"
+    if settings.auth_mode == "ServicePrincipal":
+        return f"service principal {settings.client_id}"
+    return f"managed identity {settings.managed_identity_client_id or '(system-assigned)'}"
+
+
+def check_sign_in(service: EmbedService, report: Report) -> AccessToken | None:
+    settings = service.settings
+    report.section(f"Sign-in ({settings.authority if settings.auth_mode != 'ManagedIdentity' else 'managed identity'})")
+    try:
+        token = service.tokens.token(0)
+    except EmbedError as error:
+        report.fail(error.message)
+        return None
+    minutes = (token.expires_at - SYSTEM_CLOCK.now()) / 60
+    report.ok(f"signed in as {identity(settings)}; the token is valid for {minutes:.0f} more minutes")
+    return token
+
+
+def list_everything(service: EmbedService, token: AccessToken, report: Report) -> bool:
+    report.section("Workspaces, reports and dashboards this identity can see")
+    try:
+        workspaces = service.powerbi.get(token.value, "/groups")["value"]
+        for workspace in workspaces:
+            report.line("", f"workspace  {workspace['name']}  {workspace['id']}")
+            for kind in ("reports", "dashboards"):
+                for item in service.powerbi.get(token.value, f"/groups/{workspace['id']}/{kind}")["value"]:
+                    name = item.get("name") or item.get("displayName")
+                    report.line("", f"  {kind[:-1]:<9}  {name}  {item['id']}")
+    except EmbedError as error:
+        report.fail(error.message, explain(error, service.settings))
+        return False
+    if not workspaces:
+        report.warn(
+            "no workspace: the identity is a member of none",
+            "add it to a workspace as Member or Admin (Workspace → Manage access)",
+        )
+    return True
+
+
+def check_power_bi(service: EmbedService, token: AccessToken, report: Report) -> bool:
+    settings, powerbi = service.settings, service.powerbi
+    report.section(f"Power BI ({settings.api_url})")
+    try:
+        visible = {w["id"].lower(): w for w in powerbi.get(token.value, "/groups")["value"]}
+    except EmbedError as error:
+        report.fail(f"the workspaces could not be listed: {error.message}", explain(error, settings))
+        return False
+    report.ok(f"{len(visible)} workspace(s) visible to the {identity(settings)}")
+    for workspace_id in sorted(settings.allowed_workspaces):
+        workspace = visible.get(workspace_id)
+        if workspace is None:
+            report.fail(
+                f"workspace {workspace_id} is not among them",
+                f"add the {identity(settings)} to the workspace as Member or Admin, or check POWERBI_WORKSPACE_ID",
+            )
+            continue
+        report.ok(f"workspace {workspace['name']} ({workspace_id}): role {role(service, token, workspace_id)}")
+        if not workspace.get("isOnDedicatedCapacity", False):
+            report.warn(
+                f"workspace {workspace['name']} is not on a capacity: Power BI issues only a limited number "
+                "of trial embed tokens",
+                "assign the workspace to a capacity (A, EM, P or F SKU) before production",
+            )
+    items = allowed_items(service, token, report)
+    for kind, item_id, workspace_id in items:
+        try:
+            item = powerbi.get_item(token.value, kind, workspace_id, item_id)
+            report.ok(f"{kind} {item_id}: {item.embed_url}")
+        except EmbedError as error:
+            report.fail(f"{kind} {item_id}: {error.message}", explain(error, settings))
+    if not items:
+        report.fail("no report or dashboard to test with", "publish one to the workspace or set the allow-lists")
+        return False
+    kind, item_id, workspace_id = items[0]
+    try:
+        embed = service.embed(kind, item_id, workspace_id)
+    except EmbedError as error:
+        report.fail(f"test GenerateToken for {kind} {item_id}: {error.message}", explain(error, settings))
+        return False
+    report.ok(f"test GenerateToken for {kind} {item_id}: a token valid until {embed.to_json()['expiration']}")
+    return True
+
+
+def role(service: EmbedService, token: AccessToken, workspace_id: str) -> str:
+    """The identity's role in the workspace, when Power BI lets us read the member list."""
+    settings = service.settings
+    names = {n.lower() for n in (settings.username, settings.client_id, settings.managed_identity_client_id) if n}
+    try:
+        users = service.powerbi.get(token.value, f"/groups/{workspace_id}/users")["value"]
+    except EmbedError:
+        return "unknown (the member list cannot be read)"
+    for user in users:
+        if {str(user.get("identifier", "")).lower(), str(user.get("emailAddress", "")).lower()} & names:
+            return str(user.get("groupUserAccessRight", "unknown"))
+    return "unknown (not found by name in the member list)"
+
+
+def allowed_items(service: EmbedService, token: AccessToken, report: Report) -> list[tuple[Kind, str, str]]:
+    """The allow-listed items, or, without allow-lists, those in the default workspace."""
+    settings = service.settings
+    workspace = settings.workspace_id or sorted(settings.allowed_workspaces)[0]
+    items: list[tuple[Kind, str, str]] = []
+    lists: list[tuple[Kind, frozenset[str] | None]] = [
+        ("report", settings.allowed_reports),
+        ("dashboard", settings.allowed_dashboards),
+    ]
+    for kind, allowed in lists:
+        if allowed is not None:
+            items += [(kind, item_id, workspace) for item_id in sorted(allowed)]
+            continue
+        try:
+            found = service.powerbi.get(token.value, f"/groups/{workspace}/{kind}s")["value"]
+        except EmbedError as error:
+            report.fail(f"the {kind}s of workspace {workspace} could not be listed: {error.message}")
+            continue
+        items += [(kind, str(item["id"]).lower(), workspace) for item in found]
+    return items
+
+
+def explain(error: EmbedError, settings: Settings) -> str:
+    """Cause and fix for Power BI's common refusals on this path."""
+    upstream = error.upstream
+    if isinstance(error, Throttled):
+        return "wait and try again; Power BI is limiting calls"
+    if upstream is None:
+        return ""
+    text = f"{upstream.code} {upstream.message}".lower()
+    if "effective identity" in text or "effectiveidentity" in text:
+        return (
+            "the dataset uses row-level security, so every token needs an identity: set "
+            "POWERBI_RLS_USERNAME_SOURCE=principal (and POWERBI_RLS_ROLES if roles are required)"
+        )
+    if upstream.status == 403 and "quota" in text:
+        return "the trial embed tokens are used up: assign the workspace to a capacity (A, EM, P or F SKU)"
+    if upstream.status == 401 and settings.auth_mode != "MasterUser":
+        return (
+            "allow service principals in the Power BI admin portal (Tenant settings → Developer settings → "
+            "'Service principals can use Fabric APIs', for a security group holding this identity), and add "
+            "the identity to the workspace as Member or Admin"
+        )
+    if upstream.status == 401:
+        return (
+            "make the master user a Member or Admin of the workspace, and give the app the Power BI Service "
+            "delegated permissions with admin consent"
+        )
+    if upstream.status == 403:
+        return "check the identity's workspace role and the app's Power BI permissions"
+    return ""
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+    session: requests.Session | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.doctor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="list workspaces, reports and dashboards with their ids")
+    parser.add_argument("--settings", type=Path, help="a local.settings.json (default: ./local.settings.json if any)")
+    args = parser.parse_args(argv)
+    report = Report(out or sys.stdout)
+    env, source = load_env(args.settings, os.environ if environ is None else environ)
+    settings = check_settings(env, source, report, listing=args.list)
+    ok = False
+    if settings is not None:
+        service = EmbedService.create(settings, session=session)
+        with call_context(Deadline.after(SYSTEM_CLOCK, DEADLINE_SECONDS)):
+            token = check_sign_in(service, report)
+            if token is not None:
+                ok = list_everything(service, token, report) if args.list else check_power_bi(service, token, report)
+    report.section("Result: " + ("OK" if ok else "not working yet: fix the FAIL lines above, in order"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
