@@ -1,0 +1,432 @@
+#!/usr/bin/env bash
+# Deploy the Power BI embed-token function to Azure with the az CLI: a Flex Consumption
+# app (Python 3.11, system-assigned identity), its secrets in a Key Vault that uses RBAC,
+# platform CORS for the given origins, and the code deployed with a remote build.
+#
+# Safe to run again: every resource is looked up before it is created, and a role is
+# granted only when missing. No secret is ever put on a command line (where `ps` and
+# shell history would show it): each goes to Key Vault through a 0600 file that is
+# deleted afterwards, and the app reads it through a Key Vault reference.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+readonly RUNTIME_VERSION=3.11
+# The settings that are secrets (as in shared/settings.py); every other POWERBI_* variable
+# set here becomes a plain app setting.
+readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
+DRY_RUN=false
+DOCTOR=false
+
+usage() {
+  cat <<'EOF'
+Usage: deploy/deploy.sh [--dry-run] [--doctor] [--resource-group NAME] [--location REGION]
+                        [--app-name NAME] [--cors-origins LIST] [--key-vault-name NAME]
+                        [--storage-account NAME]
+
+Creates or reuses, in this order: the resource group, a storage account, a Flex Consumption
+function app (Python 3.11, system-assigned identity), a Key Vault with RBAC (the app may read
+its secrets, you may write them); stores the secrets; sets the app settings (secrets as Key
+Vault references); sets CORS; deploys the code with a remote build. Sign in first: az login.
+
+Inputs are environment variables (the flags above set the first six):
+  RESOURCE_GROUP      resource group, created if missing
+  LOCATION            Azure region with Flex Consumption (az functionapp list-flexconsumption-locations)
+  APP_NAME            function app name, globally unique: <APP_NAME>.azurewebsites.net
+  CORS_ORIGINS        comma-separated origins of the sites that call the function,
+                      e.g. https://www.contoso.com,https://contoso.github.io
+                      ('*' only together with ALLOW_ANY_ORIGIN=true)
+  KEY_VAULT_NAME      optional; default <APP_NAME>-kv (3-24 letters, digits, hyphens)
+  STORAGE_ACCOUNT     optional; default <app name letters and digits>st (3-24 lowercase, digits)
+  POWERBI_*           the function's settings (see README): each one set becomes an app
+                      setting; unset ones are left as they are in Azure
+Secrets, stored in Key Vault, never as plain app settings:
+  POWERBI_PASSWORD            MasterUser mode: required
+  POWERBI_CLIENT_SECRET       ServicePrincipal mode: required unless a certificate is given
+  POWERBI_CLIENT_CERTIFICATE  optional (PEM with its private key)
+  ManagedIdentity mode has no secret, so no Key Vault is made for it.
+  A required secret missing from the environment is asked for (hidden) when a terminal is
+  attached; without one (a pipeline) the script stops instead.
+
+Options:
+  --dry-run   print every az command instead of running it; needs no secret and no sign-in
+  --doctor    afterwards, check the deployed settings from here with python -m shared.doctor
+              (needs the function's requirements installed)
+  -h, --help  this text
+EOF
+}
+
+die() {
+  printf 'deploy: %s\n' "$*" >&2
+  exit 1
+}
+say() { printf '==> %s\n' "$*"; }
+
+# Dry-run output goes to fd 3 (the real stdout) so it shows even inside $(...).
+exec 3>&1
+show_command() {
+  printf '+' >&3
+  printf ' %q' "$@" >&3
+  printf '\n' >&3
+}
+
+# A call that changes something: printed instead in a dry run.
+az_do() {
+  if $DRY_RUN; then show_command az "$@"; else az "$@"; fi
+}
+
+# `az_get PLACEHOLDER ARGS...`: a read whose output the script needs; a dry run prints it
+# and answers PLACEHOLDER.
+az_get() {
+  local placeholder=$1
+  shift
+  if $DRY_RUN; then
+    show_command az "$@"
+    printf '%s\n' "$placeholder"
+  else
+    az "$@"
+  fi
+}
+
+# `exists ARGS...` runs `az ARGS --output none`: true if found, false if Azure says it is
+# not found. Any other failure (signed out, no permission, network) stops the script
+# rather than being taken for "missing" and followed by a create.
+exists() {
+  if $DRY_RUN; then
+    show_command az "$@" --output none
+    return 1 # a dry run shows the full plan, as for a first deployment
+  fi
+  local error
+  if error=$(az "$@" --output none 2>&1 >/dev/null); then return 0; fi
+  case $error in
+  *NotFound* | *"not found"* | *"could not be found"*) return 1 ;;
+  esac
+  printf '%s\n' "$error" >&2
+  die "could not check whether it exists: az $*"
+}
+
+# `ensure WHAT SHOW-ARGS... -- CREATE-ARGS...`: create only what is missing.
+ensure() {
+  local what=$1 show=()
+  shift
+  while [[ $1 != -- ]]; do
+    show+=("$1")
+    shift
+  done
+  shift
+  if exists "${show[@]}"; then
+    say "$what: exists, reused"
+  else
+    az_do "$@" --output none
+    say "$what: created"
+  fi
+}
+
+# Fresh role assignments and identities take a while to reach Key Vault and Microsoft
+# Entra ID: retry a few times before giving up (RETRY_SECONDS between tries).
+with_retries() {
+  local attempt
+  for attempt in 1 2 3 4 5 6; do
+    if "$@"; then return 0; fi
+    printf 'deploy: attempt %s failed; Azure may still be propagating a new role or identity\n' "$attempt" >&2
+    sleep "${RETRY_SECONDS:-10}"
+  done
+  return 1
+}
+
+parse_args() {
+  while (($#)); do
+    case $1 in
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    --dry-run) DRY_RUN=true ;;
+    --doctor) DOCTOR=true ;;
+    --resource-group | --location | --app-name | --cors-origins | --key-vault-name | --storage-account)
+      (($# >= 2)) || die "$1 needs a value"
+      local variable=${1#--}
+      variable=${variable//-/_}
+      printf -v "${variable^^}" '%s' "$2"
+      shift
+      ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+    esac
+    shift
+  done
+}
+
+check_inputs() {
+  local missing=() required name
+  AUTH_MODE=${POWERBI_AUTH_MODE:-MasterUser}
+  POWERBI_AUTH_MODE=$AUTH_MODE
+  case $AUTH_MODE in
+  MasterUser) required=(POWERBI_CLIENT_ID POWERBI_USERNAME) ;;
+  ServicePrincipal) required=(POWERBI_CLIENT_ID POWERBI_TENANT_ID) ;;
+  ManagedIdentity) required=() ;;
+  *) die "POWERBI_AUTH_MODE must be MasterUser, ServicePrincipal or ManagedIdentity" ;;
+  esac
+  for name in RESOURCE_GROUP LOCATION APP_NAME CORS_ORIGINS "${required[@]}"; do
+    [[ -n ${!name:-} ]] || missing+=("$name")
+  done
+  [[ -n ${POWERBI_WORKSPACE_ID:-}${POWERBI_ALLOWED_WORKSPACES:-} ]] || missing+=("POWERBI_WORKSPACE_ID")
+  ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (see --help)"
+  [[ $APP_NAME =~ ^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$ ]] ||
+    die "APP_NAME must be 2-60 letters, digits and hyphens, not starting or ending with a hyphen"
+}
+
+# Default names follow Azure's rules: storage 3-24 lowercase letters and digits; Key
+# Vault 3-24 letters, digits and hyphens, starting with a letter, no double hyphen.
+derive_names() {
+  local base=${APP_NAME,,} vault
+  if [[ -z ${STORAGE_ACCOUNT:-} ]]; then
+    base=${base//[^a-z0-9]/}
+    STORAGE_ACCOUNT="${base:0:22}st"
+  fi
+  [[ $STORAGE_ACCOUNT =~ ^[a-z0-9]{3,24}$ ]] ||
+    die "STORAGE_ACCOUNT '$STORAGE_ACCOUNT' must be 3-24 lowercase letters and digits"
+  if [[ -z ${KEY_VAULT_NAME:-} ]]; then
+    vault=${APP_NAME,,}
+    while [[ $vault == *--* ]]; do vault=${vault//--/-}; done
+    [[ $vault =~ ^[a-z] ]] || vault="kv-$vault"
+    vault=${vault:0:21}
+    KEY_VAULT_NAME="${vault%-}-kv"
+  fi
+  [[ $KEY_VAULT_NAME =~ ^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$ && $KEY_VAULT_NAME != *--* ]] ||
+    die "KEY_VAULT_NAME '$KEY_VAULT_NAME' must be 3-24 letters, digits and single hyphens, starting with a letter"
+}
+
+# Browsers send an Origin of scheme://host[:port]; anything else would never match.
+parse_origins() {
+  local raw origin
+  IFS=',' read -ra raw <<<"$CORS_ORIGINS"
+  ORIGINS=()
+  for origin in "${raw[@]}"; do
+    origin=${origin//[[:space:]]/}
+    origin=${origin%/}
+    [[ -n $origin ]] || continue
+    if [[ $origin == '*' ]]; then
+      [[ ${ALLOW_ANY_ORIGIN:-false} == true ]] ||
+        die "CORS_ORIGINS='*' lets every website call the function; set ALLOW_ANY_ORIGIN=true if that is really meant"
+    elif [[ ! $origin =~ ^https?://[A-Za-z0-9.-]+(:[0-9]+)?$ ]]; then
+      die "CORS_ORIGINS: '$origin' is not an origin (scheme://host[:port], no path), e.g. https://www.contoso.com"
+    fi
+    ORIGINS+=("$origin")
+  done
+  ((${#ORIGINS[@]})) || die "CORS_ORIGINS names no origin"
+}
+
+# The secrets this mode uses (SECRETS: those to store), asking for a required one if missing.
+collect_secrets() {
+  local name value usable needed=()
+  case $AUTH_MODE in
+  MasterUser)
+    usable=("${SECRET_SETTINGS[@]}")
+    needed=(POWERBI_PASSWORD)
+    ;;
+  ServicePrincipal)
+    usable=(POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
+    [[ -n ${POWERBI_CLIENT_CERTIFICATE:-}${POWERBI_CLIENT_CERTIFICATE_PATH:-} ]] || needed=(POWERBI_CLIENT_SECRET)
+    ;;
+  *) usable=() ;; # the app's own identity signs in: nothing secret
+  esac
+  SECRETS=("${needed[@]}")
+  for name in "${usable[@]}"; do
+    [[ -z ${!name:-} || " ${needed[*]} " == *" $name "* ]] || SECRETS+=("$name")
+  done
+  for name in "${needed[@]}"; do
+    [[ -z ${!name:-} ]] || continue
+    $DRY_RUN && continue # a dry run stores nothing
+    [[ -t 0 ]] || die "$name is not set and no terminal is attached to ask for it: export $name (from your pipeline's secret store) and run again"
+    read -rsp "$name (typing is hidden): " value
+    printf '\n' >&2
+    [[ -n $value ]] || die "$name is required in $AUTH_MODE mode"
+    printf -v "$name" '%s' "$value"
+  done
+  # Keep the values in this shell only: no az process inherits them in its environment.
+  export -n "${SECRET_SETTINGS[@]}"
+}
+
+build_package() {
+  if $DRY_RUN; then
+    say "package: these files would be deployed"
+    "${PYTHON:-python3}" "$ROOT/deploy/package.py" --root "$ROOT" --list | sed 's/^/    /'
+  else
+    "${PYTHON:-python3}" "$ROOT/deploy/package.py" --root "$ROOT" "$WORK/package.zip"
+  fi
+}
+
+deployer_identity() {
+  local kind
+  kind=$(az_get user account show --query user.type --output tsv) ||
+    die "not signed in to Azure: run 'az login' (and 'az account set --subscription ...') first"
+  if [[ $kind == servicePrincipal ]]; then
+    DEPLOYER_TYPE=ServicePrincipal
+    local app_id
+    app_id=$(az_get '<deployer-app-id>' account show --query user.name --output tsv)
+    DEPLOYER_ID=$(az_get '<deployer-object-id>' ad sp show --id "$app_id" --query id --output tsv)
+  else
+    DEPLOYER_TYPE=User
+    DEPLOYER_ID=$(az_get '<deployer-object-id>' ad signed-in-user show --query id --output tsv)
+  fi
+}
+
+create_app() {
+  ensure "resource group $RESOURCE_GROUP" group show --name "$RESOURCE_GROUP" -- \
+    group create --name "$RESOURCE_GROUP" --location "$LOCATION"
+  ensure "storage account $STORAGE_ACCOUNT" storage account show --name "$STORAGE_ACCOUNT" --resource-group "$RESOURCE_GROUP" -- \
+    storage account create --name "$STORAGE_ACCOUNT" --resource-group "$RESOURCE_GROUP" --location "$LOCATION" \
+    --sku Standard_LRS --kind StorageV2 --allow-blob-public-access false --min-tls-version TLS1_2
+  ensure "function app $APP_NAME" functionapp show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" -- \
+    functionapp create --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --storage-account "$STORAGE_ACCOUNT" \
+    --flexconsumption-location "$LOCATION" --runtime python --runtime-version "$RUNTIME_VERSION" --https-only true
+  APP_IDENTITY=$(az_get '' functionapp identity show --name "$APP_NAME" \
+    --resource-group "$RESOURCE_GROUP" --query principalId --output tsv)
+  if [[ -z $APP_IDENTITY ]]; then
+    APP_IDENTITY=$(az_get '<app-principal-id>' functionapp identity assign --name "$APP_NAME" \
+      --resource-group "$RESOURCE_GROUP" --identities '[system]' --query principalId --output tsv)
+    say "function app identity: assigned"
+  fi
+}
+
+# The vault, who may use it, and the secrets in it.
+create_vault() {
+  ensure "key vault $KEY_VAULT_NAME" keyvault show --name "$KEY_VAULT_NAME" --resource-group "$RESOURCE_GROUP" -- \
+    keyvault create --name "$KEY_VAULT_NAME" --resource-group "$RESOURCE_GROUP" --location "$LOCATION" \
+    --enable-rbac-authorization true
+  VAULT_ID=$(az_get '<key-vault-id>' keyvault show --name "$KEY_VAULT_NAME" --resource-group "$RESOURCE_GROUP" \
+    --query id --output tsv)
+  grant "Key Vault Secrets Officer" "$DEPLOYER_ID" "$DEPLOYER_TYPE" "the deployer (you)"
+  grant "Key Vault Secrets User" "$APP_IDENTITY" ServicePrincipal "the function app"
+  store_secrets
+}
+
+# `grant ROLE OBJECT-ID PRINCIPAL-TYPE WHO`, on the vault, unless already granted there or above.
+grant() {
+  local role=$1 principal=$2 kind=$3 who=$4 found
+  found=$(az_get '' role assignment list --assignee "$principal" --role "$role" --scope "$VAULT_ID" \
+    --include-inherited --query '[].id' --output tsv)
+  if [[ -n $found ]]; then
+    say "$who has '$role': yes"
+    return
+  fi
+  with_retries az_do role assignment create --assignee-object-id "$principal" --assignee-principal-type "$kind" \
+    --role "$role" --scope "$VAULT_ID" --output none || die "could not grant '$role' to $who"
+  say "$who has '$role': granted"
+}
+
+secret_name() {
+  local name=${1#POWERBI_}
+  name=${name,,}
+  printf 'powerbi-%s' "${name//_/-}"
+}
+
+# Write each secret to a 0600 file (printf is a shell builtin: the value is on no command
+# line), hand the file to az, delete it. The app setting is a reference to the secret.
+store_secrets() {
+  local name file
+  for name in "${SECRETS[@]}"; do
+    file="$WORK/$(secret_name "$name")"
+    $DRY_RUN || printf '%s' "${!name}" >"$file"
+    with_retries az_do keyvault secret set --vault-name "$KEY_VAULT_NAME" --name "$(secret_name "$name")" \
+      --file "$file" --encoding utf-8 --output none || die "could not store $name in key vault $KEY_VAULT_NAME"
+    rm -f "$file"
+    SECRET_REFERENCES+=("$name=@Microsoft.KeyVault(SecretUri=https://$KEY_VAULT_NAME.vault.azure.net/secrets/$(secret_name "$name")/)")
+    say "secret $name: stored in $KEY_VAULT_NAME"
+  done
+}
+
+configure_app() {
+  local settings=() name origin current missing=()
+  for name in $(compgen -v POWERBI_); do
+    [[ -z ${!name:-} || " ${SECRET_SETTINGS[*]} " == *" $name "* ]] || settings+=("$name=${!name}")
+  done
+  # --output none: the command would otherwise print every setting, storage keys included.
+  az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --settings "${settings[@]}" "${SECRET_REFERENCES[@]}" --output none
+  say "app settings: ${#settings[@]} values, ${#SECRET_REFERENCES[@]} Key Vault references"
+
+  current=$(az_get '' functionapp cors show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --query allowedOrigins --output tsv)
+  for origin in "${ORIGINS[@]}"; do
+    grep -qxF -- "$origin" <<<"$current" || missing+=("$origin")
+  done
+  if ((${#missing[@]})); then
+    az_do functionapp cors add --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+      --allowed-origins "${missing[@]}" --output none
+  fi
+  say "CORS: ${ORIGINS[*]} (${#missing[@]} added)"
+}
+
+deploy_code() {
+  az_do functionapp deployment source config-zip --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --src "$WORK/package.zip" --build-remote true --output none
+  say "code: deployed with a remote build (alternative: func azure functionapp publish $APP_NAME)"
+}
+
+summary() {
+  local host url key_command curl_key
+  host=$(az_get "$APP_NAME.azurewebsites.net" functionapp show --name "$APP_NAME" \
+    --resource-group "$RESOURCE_GROUP" --query defaultHostName --output tsv)
+  url="https://$host/api"
+  key_command="az functionapp keys list --name $APP_NAME --resource-group $RESOURCE_GROUP --query functionKeys.default --output tsv"
+  curl_key="-H \"x-functions-key: \$($key_command)\" "
+  [[ ${POWERBI_HTTP_AUTH_LEVEL:-function} != anonymous ]] || curl_key="" # no key needed, none sent
+  cat <<EOF
+
+Deployed. Function URL: $url
+  health:  $url/health
+  reports: $url/embed/reports/<reportId>
+The function app's managed identity (object id): $APP_IDENTITY
+The function key (give it only to the sites that embed):
+  $key_command
+Try it:
+  curl $curl_key"$url/embed/reports/<reportId>"
+To publish code with Core Tools instead (it also honours .funcignore):
+  func azure functionapp publish $APP_NAME
+EOF
+}
+
+# The doctor signs in and asks Power BI what the function will ask, with the values just
+# deployed. It runs outside the repository, so no local.settings.json is read instead, and
+# gets the values through its environment, never its command line.
+run_doctor() {
+  say "doctor: checking the deployed settings (python -m shared.doctor)"
+  if $DRY_RUN; then
+    show_command python3 -m shared.doctor
+    return
+  fi
+  (
+    cd "$WORK"
+    for name in $(compgen -v POWERBI_); do export "${name?}"; done
+    export PYTHONPATH=$ROOT
+    exec "${PYTHON:-python3}" -m shared.doctor
+  ) || die "the doctor found a problem: see its checklist above (the deployment itself is done)"
+}
+
+main() {
+  parse_args "$@"
+  check_inputs
+  derive_names
+  parse_origins
+  collect_secrets
+  umask 077 # the package and every secret file are for this user only
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+  build_package
+  $DRY_RUN && say "dry run: printing the az commands, running none"
+  deployer_identity
+  create_app
+  SECRET_REFERENCES=()
+  if ((${#SECRETS[@]})); then
+    create_vault
+  else
+    say "no secret in $AUTH_MODE mode: no key vault needed"
+  fi
+  configure_app
+  deploy_code
+  summary
+  if $DOCTOR; then run_doctor; fi
+}
+
+main "$@"

@@ -1,0 +1,356 @@
+"""A stand-in for the Azure CLI, for the deploy-script tests (run through the `az` wrapper beside it).
+
+It records every call's arguments (one JSON line each, in $FAKE_AZ_LOG) and answers the
+commands deploy/deploy.sh uses the way the real CLI does: JSON by default, `--query` and
+`-o tsv|none`, exit code 3 with a "(ResourceNotFound)" message for a missing resource.
+Resources live in a JSON state file ($FAKE_AZ_STATE), so a second run sees what the
+first created. It enforces what Azure enforces and a broken script would trip over:
+parents must exist first, Key Vault data-plane writes need the "Key Vault Secrets
+Officer" role (the vault uses RBAC), and names follow Azure's rules. Like the real CLI,
+`keyvault secret set` and `appsettings set` print the values they stored unless told
+`-o none`. The zip given to config-zip is copied to $FAKE_AZ_CAPTURE before the script
+deletes it. Only the standard library: the fake must start fast, ~25 times per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SUBSCRIPTION = "6c1f3a52-0d5e-4b7a-9f3e-2a8d4e6b1c90"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+DEPLOYER_USER_ID = "0b5e2d4c-8a71-4f3e-9c62-d1e0f7a4b835"
+DEPLOYER_APP_ID = "a3c9e1f7-5b2d-4e86-8f04-c7d1b2e9a640"
+DEPLOYER_SP_ID = "e41d7b26-93c8-4a5f-b017-6f2c8d9e3a51"
+SECRETS_OFFICER = "Key Vault Secrets Officer"
+
+ALIASES = {"-g": "--resource-group", "-n": "--name", "-o": "--output", "-l": "--location", "-f": "--file"}
+STORAGE_NAME = re.compile(r"^[a-z0-9]{3,24}$")
+VAULT_NAME = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
+APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$")
+
+
+class AzError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def not_found(kind: str, name: str, group: str) -> AzError:
+    return AzError(f"(ResourceNotFound) The Resource '{kind}/{name}' under resource group '{group}' was not found.", 3)
+
+
+def stable_guid(*parts: str) -> str:
+    return str(uuid.UUID(hashlib.sha256("/".join(parts).encode()).hexdigest()[:32]))
+
+
+def parse(argv: list[str]) -> tuple[tuple[str, ...], dict[str, list[str]]]:
+    """Command words, then options: each option takes the values up to the next option."""
+    words: list[str] = []
+    options: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for arg in argv:
+        if arg.startswith("-") and len(arg) > 1:
+            current = options.setdefault(ALIASES.get(arg, arg), [])
+        elif current is None:
+            words.append(arg)
+        else:
+            current.append(arg)
+    return tuple(words), options
+
+
+class Fake:
+    def __init__(self, state: dict[str, Any], options: dict[str, list[str]]) -> None:
+        self.state = state
+        self.options = options
+
+    def opt(self, name: str, required: bool = True) -> str:
+        values = self.options.get(name)
+        if not values:
+            if required:
+                raise AzError(f"the following arguments are required: {name}", 2)
+            return ""
+        return values[0]
+
+    def table(self, name: str) -> dict[str, Any]:
+        table: dict[str, Any] = self.state.setdefault(name, {})
+        return table
+
+    def group(self, option: str = "--resource-group") -> dict[str, Any]:
+        name = self.opt(option)
+        if name not in self.table("groups"):
+            raise AzError(f"(ResourceGroupNotFound) Resource group '{name}' could not be found.", 3)
+        group: dict[str, Any] = self.table("groups")[name]
+        return group
+
+    def find(self, table: str, kind: str) -> dict[str, Any]:
+        group, name = self.group()["name"], self.opt("--name")
+        item: dict[str, Any] | None = self.table(table).get(name)
+        if item is None or item["resourceGroup"] != group:
+            raise not_found(kind, name, group)
+        return item
+
+    def resource(self, table: str, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
+        group, name = self.group()["name"], self.opt("--name")
+        if name in self.table(table):
+            raise AzError(f"(Conflict) The resource '{kind}/{name}' already exists.", 1)
+        item = {
+            "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/{kind}/{name}",
+            "name": name,
+            "resourceGroup": group,
+            "location": self.opt("--location", required=False) or self.group()["location"],
+            **extra,
+        }
+        self.table(table)[name] = item
+        return item
+
+    def vault_by_name(self, name: str) -> dict[str, Any]:
+        vault: dict[str, Any] | None = self.table("vaults").get(name)
+        if vault is None:
+            raise AzError(f"(VaultNotFound) Key Vault '{name}' was not found.", 3)
+        return vault
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def account_show(self) -> Any:
+        if os.environ.get("FAKE_AZ_LOGGED_OUT"):
+            raise AzError("Please run 'az login' to setup account.", 1)
+        if os.environ.get("FAKE_AZ_USER_TYPE") == "servicePrincipal":
+            user = {"name": DEPLOYER_APP_ID, "type": "servicePrincipal"}
+        else:
+            user = {"name": "deployer@contoso.com", "type": "user"}
+        return {"id": SUBSCRIPTION, "tenantId": TENANT, "name": "Contoso", "user": user}
+
+    def signed_in_user(self) -> Any:
+        return {"id": DEPLOYER_USER_ID, "userPrincipalName": "deployer@contoso.com"}
+
+    def sp_show(self) -> Any:
+        if self.opt("--id") != DEPLOYER_APP_ID:
+            raise AzError(f"Service principal '{self.opt('--id')}' doesn't exist", 3)
+        return {"id": DEPLOYER_SP_ID, "appId": DEPLOYER_APP_ID}
+
+    def group_show(self) -> Any:
+        return self.group("--name")
+
+    def group_create(self) -> Any:
+        name, location = self.opt("--name"), self.opt("--location")
+        group = {"id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{name}", "name": name, "location": location}
+        return self.table("groups").setdefault(name, group)
+
+    def storage_show(self) -> Any:
+        return self.find("storage", "Microsoft.Storage/storageAccounts")
+
+    def storage_create(self) -> Any:
+        if not STORAGE_NAME.match(self.opt("--name")):
+            raise AzError("(AccountNameInvalid) not a valid storage account name.", 1)
+        sku = self.opt("--sku", required=False) or "Standard_RAGRS"
+        return self.resource("storage", "Microsoft.Storage/storageAccounts", {"sku": {"name": sku}})
+
+    def app_show(self) -> Any:
+        return self.find("apps", "Microsoft.Web/sites")
+
+    def app_create(self) -> Any:
+        if not APP_NAME.match(self.opt("--name")):
+            raise AzError("Invalid function app name.", 1)
+        self.group()
+        storage = self.opt("--storage-account")
+        if storage not in self.table("storage"):
+            raise AzError(f"Storage account '{storage}' not found.", 3)
+        flex = {
+            "location": self.opt("--flexconsumption-location"),
+            "runtime": self.opt("--runtime"),
+            "runtimeVersion": self.opt("--runtime-version"),
+        }
+        host = f"{self.opt('--name')}.azurewebsites.net"
+        return self.resource("apps", "Microsoft.Web/sites", {"defaultHostName": host, "flex": flex, "identity": None})
+
+    def identity_show(self) -> Any:
+        return self.app_show()["identity"]
+
+    def identity_assign(self) -> Any:
+        app = self.app_show()
+        if app["identity"] is None:
+            app["identity"] = {
+                "type": "SystemAssigned",
+                "principalId": stable_guid("mi", app["id"]),
+                "tenantId": TENANT,
+            }
+        return app["identity"]
+
+    def appsettings_set(self) -> Any:
+        settings = self.table("appsettings").setdefault(self.app_show()["name"], {})
+        for pair in self.options.get("--settings", []):
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise AzError(f"usage error: --settings expects KEY=VALUE, got '{pair}'", 2)
+            settings[name] = value
+        return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
+
+    def cors_show(self) -> Any:
+        origins = self.table("cors").get(self.app_show()["name"], [])
+        return {"allowedOrigins": origins, "supportCredentials": False}
+
+    def cors_add(self) -> Any:
+        origins = self.table("cors").setdefault(self.app_show()["name"], [])
+        origins.extend(o for o in self.options.get("--allowed-origins", []) if o not in origins)
+        return {"allowedOrigins": origins, "supportCredentials": False}
+
+    def config_zip(self) -> Any:
+        app = self.app_show()
+        src = Path(self.opt("--src"))
+        if not src.is_file():
+            raise AzError(f"Could not find file '{src}'", 2)
+        deployments = self.state.setdefault("deployments", [])
+        capture = Path(os.environ.get("FAKE_AZ_CAPTURE", Path(os.environ["FAKE_AZ_STATE"]).parent))
+        copy = capture / f"package-{len(deployments) + 1}.zip"
+        shutil.copyfile(src, copy)
+        deployments.append({"app": app["name"], "zip": str(copy), "buildRemote": self.opt("--build-remote", False)})
+        return None  # the real command prints progress to stderr only
+
+    def vault_show(self) -> Any:
+        return self.find("vaults", "Microsoft.KeyVault/vaults")
+
+    def vault_create(self) -> Any:
+        if not VAULT_NAME.match(self.opt("--name")):
+            raise AzError("(VaultNameNotValid) The vault name is not valid.", 1)
+        rbac = self.opt("--enable-rbac-authorization", required=False).lower() == "true"
+        vault = self.resource("vaults", "Microsoft.KeyVault/vaults", {})
+        vault["properties"] = {"enableRbacAuthorization": rbac, "vaultUri": f"https://{vault['name']}.vault.azure.net/"}
+        return vault
+
+    def role_list(self) -> Any:
+        assignee, role, scope = self.opt("--assignee"), self.opt("--role"), self.opt("--scope")
+        return [
+            a
+            for a in self.state.setdefault("roles", [])
+            if a["principalId"] == assignee and a["roleDefinitionName"] == role and scope.startswith(a["scope"])
+        ]
+
+    def role_create(self) -> Any:
+        scope = self.opt("--scope")
+        if not any(
+            item["id"] == scope for table in ("vaults", "apps", "storage") for item in self.table(table).values()
+        ):
+            raise AzError(f"(InvalidResourceNamespace) scope '{scope}' does not exist.", 1)
+        principal, role = self.opt("--assignee-object-id"), self.opt("--role")
+        kind = self.opt("--assignee-principal-type")
+        assignment = {
+            "id": f"{scope}/providers/Microsoft.Authorization/roleAssignments/{stable_guid(scope, principal, role)}",
+            "principalId": principal,
+            "principalType": kind,
+            "roleDefinitionName": role,
+            "scope": scope,
+        }
+        roles = self.state.setdefault("roles", [])
+        if any(a["id"] == assignment["id"] for a in roles):
+            raise AzError("(RoleAssignmentExists) The role assignment already exists.", 1)
+        roles.append(assignment)
+        return assignment
+
+    def secret_set(self) -> Any:
+        vault = self.vault_by_name(self.opt("--vault-name"))
+        caller = DEPLOYER_SP_ID if os.environ.get("FAKE_AZ_USER_TYPE") == "servicePrincipal" else DEPLOYER_USER_ID
+        allowed = any(
+            a["principalId"] == caller
+            and a["roleDefinitionName"] == SECRETS_OFFICER
+            and vault["id"].startswith(a["scope"])
+            for a in self.state.setdefault("roles", [])
+        )
+        if not vault["properties"]["enableRbacAuthorization"] or not allowed:
+            raise AzError("(Forbidden) Caller is not authorized to perform action on resource.", 1)
+        name = self.opt("--name")
+        if "--file" in self.options:
+            path = Path(self.opt("--file"))
+            value = path.read_text(encoding=self.opt("--encoding", required=False) or "utf-8")
+            source: dict[str, str | None] = {"file": str(path), "mode": oct(stat.S_IMODE(path.stat().st_mode))}
+        else:
+            value, source = self.opt("--value"), {"file": None, "mode": None}
+        versions = self.table("secrets").setdefault(f"{vault['name']}/{name}", [])
+        versions.append({"value": value, **source})
+        secret_id = f"{vault['properties']['vaultUri']}secrets/{name}/{stable_guid(name, str(len(versions)))}"
+        return {"id": secret_id, "name": name, "value": value, "attributes": {"enabled": True}}
+
+
+COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
+    ("account", "show"): Fake.account_show,
+    ("ad", "signed-in-user", "show"): Fake.signed_in_user,
+    ("ad", "sp", "show"): Fake.sp_show,
+    ("group", "show"): Fake.group_show,
+    ("group", "create"): Fake.group_create,
+    ("storage", "account", "show"): Fake.storage_show,
+    ("storage", "account", "create"): Fake.storage_create,
+    ("functionapp", "show"): Fake.app_show,
+    ("functionapp", "create"): Fake.app_create,
+    ("functionapp", "identity", "show"): Fake.identity_show,
+    ("functionapp", "identity", "assign"): Fake.identity_assign,
+    ("functionapp", "config", "appsettings", "set"): Fake.appsettings_set,
+    ("functionapp", "cors", "show"): Fake.cors_show,
+    ("functionapp", "cors", "add"): Fake.cors_add,
+    ("functionapp", "deployment", "source", "config-zip"): Fake.config_zip,
+    ("keyvault", "show"): Fake.vault_show,
+    ("keyvault", "create"): Fake.vault_create,
+    ("keyvault", "secret", "set"): Fake.secret_set,
+    ("role", "assignment", "list"): Fake.role_list,
+    ("role", "assignment", "create"): Fake.role_create,
+}
+
+
+def query(data: Any, expression: str) -> Any:
+    """The JMESPath subset the script may use: `a.b.c`, optionally after a `[]` projection."""
+    if not re.fullmatch(r"(\[\]\.?)?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", expression):
+        raise AzError(f"fake az: unsupported --query '{expression}'", 2)
+
+    def path(item: Any, parts: list[str]) -> Any:
+        for part in parts:
+            item = item.get(part) if isinstance(item, dict) else None
+        return item
+
+    if expression.startswith("[]"):
+        parts = [p for p in expression[2:].split(".") if p]
+        return [path(item, parts) for item in data or []]
+    return path(data, expression.split("."))
+
+
+def render(data: Any, output: str) -> str:
+    if output == "none" or data is None:
+        return ""
+    if output == "tsv":
+        items = data if isinstance(data, list) else [data]
+        lines = ["\t".join(map(str, i.values())) if isinstance(i, dict) else str(i) for i in items if i is not None]
+        return "".join(line + "\n" for line in lines)
+    return json.dumps(data, indent=2) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    state_file = Path(os.environ["FAKE_AZ_STATE"])
+    words, options = parse(argv)
+    record = {"argv": argv, "env": sorted(k for k in os.environ if k.startswith("POWERBI_"))}
+    with open(os.environ["FAKE_AZ_LOG"], "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else {}
+    try:
+        command = COMMANDS.get(words)
+        if command is None:
+            raise AzError(f"'{' '.join(words)}' is misspelled or not recognized by the system.", 2)
+        result = command(Fake(state, options))
+        if "--query" in options:
+            result = query(result, options["--query"][0])
+        sys.stdout.write(render(result, (options.get("--output") or ["json"])[0]))
+    except AzError as error:
+        sys.stderr.write(f"ERROR: {error}\n")
+        return error.code
+    state_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
