@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import azure.functions as func
 
 from shared.embed import EmbedService, Kind
+from shared.identity import identity_for
 from shared.responses import respond
 from shared.settings import Settings, http_auth_level
 
@@ -38,8 +40,15 @@ def use_service(instance: EmbedService | None) -> None:
     _service = instance
 
 
-def _embed(req: func.HttpRequest, kind: Kind, item_id: str) -> func.HttpResponse:
-    return respond(lambda: service().embed(kind, item_id, req.params.get("workspaceId")).to_json())
+def _embed(req: func.HttpRequest, kind: Kind, ids: str | list[str]) -> func.HttpResponse:
+    def produce() -> dict[str, Any]:
+        svc = service()
+        # The row-level-security identity comes only from App Service Authentication's headers.
+        identity = identity_for(req.headers, svc.settings)
+        params = req.params
+        return svc.embed(kind, ids, params.get("workspaceId"), params.get("accessLevel"), identity).to_json()
+
+    return respond(produce)
 
 
 @app.route(route="embed/reports/{reportId}", methods=["GET"])
@@ -47,9 +56,27 @@ def embed_report(req: func.HttpRequest) -> func.HttpResponse:
     return _embed(req, "report", req.route_params.get("reportId", ""))
 
 
+@app.route(route="embed/reports", methods=["GET"])
+def embed_reports(req: func.HttpRequest) -> func.HttpResponse:
+    """Several reports under one token: ``?ids=<id>,<id>,...``."""
+    return _embed(req, "reports", [i for i in req.params.get("ids", "").split(",") if i.strip()])
+
+
 @app.route(route="embed/dashboards/{dashboardId}", methods=["GET"])
 def embed_dashboard(req: func.HttpRequest) -> func.HttpResponse:
     return _embed(req, "dashboard", req.route_params.get("dashboardId", ""))
+
+
+@app.route(route="embed/dashboards/{dashboardId}/tiles/{tileId}", methods=["GET"])
+def embed_tile(req: func.HttpRequest) -> func.HttpResponse:
+    route = req.route_params
+    return _embed(req, "tile", [route.get("dashboardId", ""), route.get("tileId", "")])
+
+
+@app.route(route="embed/datasets/{datasetId}/create", methods=["GET"])
+def embed_create(req: func.HttpRequest) -> func.HttpResponse:
+    """A token to create a new report on a dataset (only with POWERBI_ALLOW_EDIT=true)."""
+    return _embed(req, "create", req.route_params.get("datasetId", ""))
 
 
 @app.route(route="health", methods=["GET"])

@@ -166,7 +166,8 @@ def check_power_bi(service: EmbedService, token: AccessToken, report: Report) ->
     items = allowed_items(service, token, report)
     for kind, item_id, workspace_id in items:
         try:
-            item = powerbi.get_item(token.value, kind, workspace_id, item_id)
+            get = powerbi.get_report if kind == "report" else powerbi.get_dashboard
+            item = get(token.value, workspace_id, item_id)
             report.ok(f"{kind} {item_id}: {item.embed_url}")
         except EmbedError as error:
             report.fail(f"{kind} {item_id}: {error.message}", explain(error, settings))

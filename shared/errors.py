@@ -47,6 +47,13 @@ class InvalidRequest(EmbedError):
     code = "invalid_request"
 
 
+class Unauthenticated(EmbedError):
+    """Row-level security needs a signed-in user and there is none."""
+
+    status = 401
+    code = "unauthenticated"
+
+
 class NotAllowed(EmbedError):
     status = 403
     code = "not_allowed"

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
@@ -79,6 +79,11 @@ SETTING_NAMES = (
     "POWERBI_MIN_TOKEN_MINUTES",
     "POWERBI_REQUEST_DEADLINE_SECONDS",
     "POWERBI_HTTP_AUTH_LEVEL",
+    "POWERBI_RLS_USERNAME_SOURCE",
+    "POWERBI_RLS_USERNAME_CLAIM",
+    "POWERBI_RLS_ROLES",
+    "POWERBI_RLS_CUSTOM_DATA_CLAIM",
+    "POWERBI_ALLOW_EDIT",
 )
 SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
 
@@ -131,6 +136,11 @@ class Settings:
     token_lifetime_minutes: int | None = None
     min_token_minutes: int = 10
     deadline_seconds: float = 20.0
+    rls_username_source: Literal["none", "principal"] = "none"
+    rls_username_claim: str | None = None
+    rls_roles: tuple[str, ...] = ()
+    rls_custom_data_claim: str | None = None
+    allow_edit: bool = False
 
     @property
     def authority(self) -> str:
@@ -251,6 +261,33 @@ class _Reader:
             return None
         return Certificate(key.group(0), certificate.group(0))
 
+    def row_level_security(self) -> dict[str, Any]:
+        source = (self.text("POWERBI_RLS_USERNAME_SOURCE", "none") or "none").lower()
+        if source not in ("none", "principal"):
+            self.problems.append("POWERBI_RLS_USERNAME_SOURCE must be none or principal")
+            source = "none"
+        if source == "principal" and (self.env.get("WEBSITE_AUTH_ENABLED") or "").strip().lower() != "true":
+            # The principal headers can be trusted only when App Service Authentication sets them
+            # (it drops any a caller sends); without it, anyone could claim any identity.
+            self.problems.append(
+                "POWERBI_RLS_USERNAME_SOURCE=principal needs App Service Authentication: turn it on for the "
+                "function app (which sets WEBSITE_AUTH_ENABLED=True)"
+            )
+        roles = tuple(r.strip() for r in (self.text("POWERBI_RLS_ROLES") or "").split(",") if r.strip())
+        # Power BI's rules for roles, checked here so a bad list names the setting, not a Power BI error.
+        if len(roles) > 50 or any(len(role) > 50 for role in roles):
+            self.problems.append("POWERBI_RLS_ROLES may list at most 50 roles of at most 50 characters each")
+        allow_edit = (self.text("POWERBI_ALLOW_EDIT", "false") or "false").lower()
+        if allow_edit not in ("true", "false"):
+            self.problems.append("POWERBI_ALLOW_EDIT must be true or false")
+        return {
+            "rls_username_source": source,
+            "rls_username_claim": self.text("POWERBI_RLS_USERNAME_CLAIM"),
+            "rls_roles": roles,
+            "rls_custom_data_claim": self.text("POWERBI_RLS_CUSTOM_DATA_CLAIM"),
+            "allow_edit": allow_edit == "true",
+        }
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
@@ -321,6 +358,7 @@ class _Reader:
             token_lifetime_minutes=int(lifetime) if lifetime is not None else None,
             min_token_minutes=int(minimum),
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
+            **self.row_level_security(),
         )
         if self.problems:
             raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")

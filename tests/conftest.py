@@ -108,7 +108,7 @@ def call(
 ) -> Callable[..., Any]:
     """GET a path of the app configured by ``env`` (as it stands at the first call), in-process."""
 
-    def get(path: str, **params: str) -> Any:
+    def get(path: str, headers: dict[str, str] | None = None, **params: str) -> Any:
         if function_app._service is None:
             for name in [n for n in os.environ if n.startswith("POWERBI_")]:
                 monkeypatch.delenv(name)
@@ -118,6 +118,6 @@ def call(
                 function_app.use_service(make_service(env))  # the same settings, with the test's clock
             except ConfigurationError:
                 pass  # leave it to the app, which reads os.environ and answers the error itself
-        return routes.dispatch("GET", path, params)
+        return routes.dispatch("GET", path, params, headers)
 
     return get

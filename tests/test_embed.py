@@ -66,12 +66,14 @@ def test_report_for_a_master_user_through_a_confidential_client(call: Callable[.
         "expiration": issued.expiration,
     }
     assert answer["embedUrl"].startswith(f"https://app.powerbi.com/reportEmbed?reportId={REPORT_ID}&groupId=")
-    # What went upstream: discovery, user realm, a password grant with the secret, the report, V2 GenerateToken.
+    # What went upstream: discovery, user realm, a password grant with the secret, the report, its dataset's
+    # row-level-security flags, V2 GenerateToken.
     assert paths(fake) == [
         f"GET /{fake.tenant_guid}/v2.0/.well-known/openid-configuration",
         "GET /common/userrealm/embed.user@contoso.com",
         f"POST /{fake.tenant_guid}/oauth2/v2.0/token",
         f"GET /v1.0/myorg/groups/{WORKSPACE_ID}/reports/{REPORT_ID}",
+        f"GET /v1.0/myorg/groups/{WORKSPACE_ID}/datasets/{DATASET_ID}",
         "POST /v1.0/myorg/GenerateToken",
     ]
     grant = fake.token_calls[0].form
@@ -372,7 +374,7 @@ def test_many_requests_one_upstream_round(call: Callable[..., Any], fake: FakeUp
     answers = {body(call(REPORT))["accessToken"] for _ in range(100)}
 
     assert len(answers) == 1
-    assert len(fake.requests) == 5  # discovery, user realm, sign-in, report, GenerateToken
+    assert len(fake.requests) == 6  # discovery, user realm, sign-in, report, dataset, GenerateToken
 
 
 def test_concurrent_cold_requests_share_one_generate_token(

@@ -59,11 +59,14 @@ def fake(server: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     return server
 
 
-def _confidential(fake: FakeUpstream) -> msal.ConfidentialClientApplication:
+def confidential(
+    fake: FakeUpstream, credential: Any = None, tenant: str = TENANT_ID
+) -> msal.ConfidentialClientApplication:
+    """The app CLIENT_ID, signing in with its current secret unless ``credential`` is given."""
     return msal.ConfidentialClientApplication(
         CLIENT_ID,
-        client_credential=CLIENT_SECRET,
-        authority=f"{fake.base_url}/{TENANT_ID}",
+        client_credential=credential or fake.clients[CLIENT_ID],
+        authority=f"{fake.base_url}/{tenant}",
         instance_discovery=False,
         http_client=PortRoutingSession(fake.port),
     )
@@ -82,12 +85,12 @@ def _public_login(fake: FakeUpstream, password: str) -> dict[str, Any]:
 
 
 def _bearer(fake: FakeUpstream) -> dict[str, str]:
-    result = _confidential(fake).acquire_token_for_client([PBI_SCOPE])
+    result = confidential(fake).acquire_token_for_client([PBI_SCOPE])
     return {"Authorization": f"Bearer {result['access_token']}"}
 
 
 def test_client_credentials_then_msal_cache(fake: FakeUpstream) -> None:
-    app = _confidential(fake)
+    app = confidential(fake)
     first = app.acquire_token_for_client([PBI_SCOPE])
     assert first["access_token"].startswith("fake-at-")
     assert len(fake.calls("GET", "/.well-known/openid-configuration")) == 1

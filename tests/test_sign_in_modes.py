@@ -9,11 +9,20 @@ from typing import Any
 import pytest
 import trustme
 
-from emulator import CLIENT_ID, REPORT_ID, TENANT_ID, FakeUpstream
+from emulator import (
+    CLIENT_ID,
+    DASHBOARD_ID,
+    MANAGED_IDENTITY_CLIENT_ID,
+    REPORT_ID,
+    TENANT_ID,
+    USER_ASSIGNED_CLIENT_ID,
+    FakeUpstream,
+)
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
 REPORT = f"/api/embed/reports/{REPORT_ID}"
+DASHBOARD = f"/api/embed/dashboards/{DASHBOARD_ID}"
 PROFILE_ID = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
 BASE = {"POWERBI_CLIENT_ID": CLIENT_ID, "POWERBI_WORKSPACE_ID": "f089354e-8366-4e18-aea3-4cb4a3a50b48"}
 SERVICE_PRINCIPAL = {**BASE, "POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_TENANT_ID": TENANT_ID}
@@ -150,6 +159,81 @@ def test_a_profile_id_goes_with_every_power_bi_call(
 
     assert call(REPORT).status_code == 200
     power_bi = fake.calls(path_contains="/v1.0/")
-    assert len(power_bi) == 2
+    assert len(power_bi) == 3  # report, dataset, GenerateToken
     assert {r.headers.get("x-powerbi-profile-id") for r in power_bi} == {PROFILE_ID}
     assert all("x-powerbi-profile-id" not in r.headers for r in fake.token_calls)
+
+
+# --- against the emulator: certificate and managed identity sign-ins ------------------------------------------
+
+
+def test_service_principal_with_a_certificate(
+    call: Callable[..., Any], fake: FakeUpstream, env: dict[str, str]
+) -> None:
+    certificate = fake.add_client_certificate(CLIENT_ID)
+    del env["POWERBI_CLIENT_SECRET"], env["POWERBI_USERNAME"], env["POWERBI_PASSWORD"]
+    env.update({"POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_CLIENT_CERTIFICATE": certificate.pem})
+
+    assert call(REPORT).status_code == 200
+    grant = fake.token_calls[0].form
+    assert grant["grant_type"] == "client_credentials"
+    assert grant["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    assert "client_secret" not in grant
+
+
+def test_an_unregistered_certificate_is_refused_with_its_aadsts_code(
+    call: Callable[..., Any], fake: FakeUpstream, env: dict[str, str]
+) -> None:
+    certificate = fake.add_client_certificate(CLIENT_ID, register=False)
+    del env["POWERBI_CLIENT_SECRET"]
+    env.update({"POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_CLIENT_CERTIFICATE": certificate.pem})
+
+    response = call(REPORT)
+
+    assert response.status_code == 502
+    assert "AADSTS700027" in response.get_body().decode()
+
+
+@pytest.mark.parametrize(
+    ("user_assigned", "principal"),
+    [(None, MANAGED_IDENTITY_CLIENT_ID), (USER_ASSIGNED_CLIENT_ID, USER_ASSIGNED_CLIENT_ID)],
+)
+def test_managed_identity(
+    call: Callable[..., Any],
+    fake: FakeUpstream,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    user_assigned: str | None,
+    principal: str,
+) -> None:
+    for name, value in fake.managed_identity_env().items():  # what App Service sets for the worker
+        monkeypatch.setenv(name, value)
+    for name in ("POWERBI_CLIENT_ID", "POWERBI_CLIENT_SECRET", "POWERBI_USERNAME", "POWERBI_PASSWORD"):
+        del env[name]
+    env["POWERBI_AUTH_MODE"] = "ManagedIdentity"
+    if user_assigned:
+        env["POWERBI_MANAGED_IDENTITY_CLIENT_ID"] = user_assigned
+
+    assert call(REPORT).status_code == 200
+    assert call(DASHBOARD).status_code == 200
+    assert fake.token_calls == []
+    asked = fake.identity_calls
+    assert len(asked) == 1  # the second request's token came from MSAL's cache
+    assert asked[0].query["resource"] == "https://analysis.windows.net/powerbi/api"
+    assert asked[0].query.get("client_id") == user_assigned
+    bearer = fake.calls("POST", "GenerateToken")[0].headers["authorization"].removeprefix("Bearer ")
+    assert fake.access_tokens[bearer].principal == principal
+
+
+def test_managed_identity_that_the_app_does_not_have(
+    call: Callable[..., Any], fake: FakeUpstream, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in fake.managed_identity_env().items():
+        monkeypatch.setenv(name, value)
+    env.update({"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_MANAGED_IDENTITY_CLIENT_ID": PROFILE_ID})
+
+    response = call(REPORT)
+
+    assert response.status_code == 502
+    assert "POWERBI_MANAGED_IDENTITY_CLIENT_ID" in response.get_body().decode()
+    assert not fake.calls(path_contains="/v1.0/")
