@@ -148,9 +148,11 @@ def check_power_bi(service: EmbedService, token: AccessToken, report: Report) ->
         report.fail(f"the workspaces could not be listed: {error.message}", explain(error, settings))
         return False
     report.ok(f"{len(visible)} workspace(s) visible to the {identity(settings)}")
+    missing = False
     for workspace_id in sorted(settings.allowed_workspaces):
         workspace = visible.get(workspace_id)
         if workspace is None:
+            missing = True
             report.fail(
                 f"workspace {workspace_id} is not among them",
                 f"add the {identity(settings)} to the workspace as Member or Admin, or check POWERBI_WORKSPACE_ID",
@@ -163,6 +165,8 @@ def check_power_bi(service: EmbedService, token: AccessToken, report: Report) ->
                 "of trial embed tokens",
                 "assign the workspace to a capacity (A, EM, P or F SKU) before production",
             )
+    if missing:  # every later call would be refused for the same reason
+        return False
     items = allowed_items(service, token, report)
     for kind, item_id, workspace_id in items:
         try:

@@ -140,7 +140,7 @@ class EntraTokenProvider:
             except (ValueError, RuntimeError, requests.HTTPError) as exc:
                 # MSAL raises these when the authority's OpenID configuration cannot be read:
                 # an unknown tenant (AADSTS90002) or a host that is not Entra ID.
-                code = _aadsts(str(exc))
+                code = _aadsts(f"{exc} {exc.__context__}")  # MSAL keeps Entra's answer in the context
                 unreadable = "Entra ID's configuration could not be read: check POWERBI_AUTHORITY_HOST and "
                 raise SignInFailed(
                     sign_in_message(code) if code else unreadable + "POWERBI_TENANT_ID.",
