@@ -1,0 +1,33 @@
+# The one-command demo and the tests, from a fresh clone: `make demo`, `make test`.
+# Needs python3 (3.11+) with venv, and node with npm.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test setup clean
+
+## demo: set up, then run the emulator, the function (local host) and the web sample until Ctrl-C
+demo: setup
+	@$(PY) scripts/demo.py
+
+## test: set up, then run the whole test suite (the browser test needs /usr/bin/chromium)
+test: setup
+	$(PY) -m pytest -q
+
+## setup: the virtual environment with requirements-dev.txt, and web/'s npm package
+setup: $(VENV)/.installed web/node_modules/.installed
+
+# Stamp files: a second run skips what is already installed, and redoes it when the lists change.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+## clean: remove what setup and the demo made
+clean:
+	rm -rf $(VENV) web/node_modules .emulator
