@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.settings import Settings, http_auth_level
+from shared.settings import SETTING_NAMES, Settings, http_auth_level
 
 CLIENT = "8c1f7d6e-2b4a-4e0f-9d3c-5a6b7c8d9e01"
 WORKSPACE = "f089354e-8366-4e18-aea3-4cb4a3a50b48"
@@ -135,3 +138,10 @@ def test_an_unresolved_key_vault_reference_is_a_configuration_error(reference: s
 )
 def test_http_auth_level(value: str, level: str) -> None:
     assert http_auth_level({"POWERBI_HTTP_AUTH_LEVEL": value}) == level
+
+
+def test_the_example_settings_file_lists_every_setting() -> None:
+    example = json.loads((Path(__file__).parent.parent / "local.settings.json.example").read_text())
+
+    assert example["Values"]["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert {name for name in example["Values"] if name.startswith("POWERBI_")} == set(SETTING_NAMES)
