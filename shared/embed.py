@@ -163,8 +163,8 @@ class EmbedService:
         access_level: str | None = None,
         identity: Identity | None = None,
     ) -> Embed:
-        request = self._authorize(kind, (ids,) if isinstance(ids, str) else tuple(ids), workspace_id, access_level)
-        request = EmbedRequest(request.kind, request.workspace_id, request.ids, request.access_level, identity)
+        raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
+        request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
         with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
             embed = self._fresh(request)
             outcome = "hit"
@@ -188,17 +188,22 @@ class EmbedService:
         return embed
 
     def _authorize(
-        self, kind: Kind, raw_ids: tuple[str, ...], workspace_id: str | None, access_level: str | None
+        self,
+        kind: Kind,
+        raw_ids: tuple[str, ...],
+        workspace_id: str | None,
+        access_level: str | None,
+        identity: Identity | None,
     ) -> EmbedRequest:
         """Deny before any upstream call: bad ids and values, workspaces, items and access not allowed."""
         s = self.settings
-        names = {"tile": ("dashboard", "tile"), "reports": ("report",) * len(raw_ids), "create": ("dataset",)}
+        names = {"tile": ("dashboard", "tile"), "create": ("dataset",)}.get(kind, (kind.removesuffix("s"),))
         ids: list[str] = []
-        for name, raw in zip(names.get(kind, (kind,)), raw_ids, strict=False):
+        for position, raw in enumerate(raw_ids):
             parsed = parse_guid(raw)
             if parsed is None:
-                raise InvalidRequest(f"The {name} id must be a GUID.")
-            if parsed not in ids:
+                raise InvalidRequest(f"The {names[min(position, len(names) - 1)]} id must be a GUID.")
+            if kind != "reports" or parsed not in ids:  # the same report twice is one report
                 ids.append(parsed)
         if kind == "reports" and not 1 <= len(ids) <= MAX_REPORTS:
             raise InvalidRequest(f"ids must list from 1 to {MAX_REPORTS} report ids, separated by commas.")
@@ -209,21 +214,19 @@ class EmbedService:
             raise InvalidRequest("Only reports can be edited: accessLevel=Edit needs a report.")
         workspace = s.workspace_id if workspace_id is None else parse_guid(workspace_id)
         if workspace is None:
-            raise InvalidRequest(
-                "workspaceId must be a GUID." if workspace_id is not None else "workspaceId is required."
-            )
+            raise InvalidRequest("workspaceId is required." if workspace_id is None else "workspaceId must be a GUID.")
         if workspace not in s.allowed_workspaces:
             raise NotAllowed(f"Workspace {workspace} is not allowed.")
-        allowed = {"report": s.allowed_reports, "reports": s.allowed_reports}.get(kind, s.allowed_dashboards)
-        checked = ids if kind in ("report", "reports") else ids[:1] if kind != "create" else []
-        for item in checked:
+        # Reports answer to the report allow-list; a dashboard and its tiles to the dashboard's; a
+        # dataset to be reported on (create) only to its workspace's.
+        allowed = s.allowed_reports if kind in ("report", "reports") else s.allowed_dashboards
+        governed = [] if kind == "create" else ids if kind in ("report", "reports") else ids[:1]
+        for item in governed:
             if allowed is not None and item not in allowed:
-                raise NotAllowed(
-                    f"The {'report' if kind == 'reports' else names.get(kind, (kind,))[0]} {item} is not allowed."
-                )
+                raise NotAllowed(f"The {names[0]} {item} is not allowed.")
         if (level == "Edit" or kind == "create") and not s.allow_edit:
             raise NotAllowed("Editing and creating reports is not allowed (POWERBI_ALLOW_EDIT is not true).")
-        return EmbedRequest(kind, workspace, tuple(ids), level)
+        return EmbedRequest(kind, workspace, tuple(ids), level, identity)
 
     def _fresh(self, request: EmbedRequest) -> Embed | None:
         embed = self._embeds.get(request)
