@@ -237,7 +237,9 @@ def explain(error: EmbedError, settings: Settings) -> str:
             "the dataset uses row-level security, so every token needs an identity: set "
             "POWERBI_RLS_USERNAME_SOURCE=principal (and POWERBI_RLS_ROLES if roles are required)"
         )
-    if upstream.status == 403 and "quota" in text:
+    # Power BI publishes no code for this; its message speaks of the embed tokens "exceeded" on a
+    # "shared capacity", so match the words as well as a code that names a quota.
+    if upstream.status == 403 and any(word in text for word in ("quota", "exceeded", "shared capacity")):
         return "the trial embed tokens are used up: assign the workspace to a capacity (A, EM, P or F SKU)"
     if upstream.status == 401 and settings.auth_mode != "MasterUser":
         return (
