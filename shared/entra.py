@@ -38,6 +38,9 @@ _AADSTS = re.compile(r"AADSTS(\d+)")
 class AccessToken:
     value: str = field(repr=False)
     expires_at: float  # seconds since the epoch
+    # Taken from MSAL's cache rather than just issued: Power BI may still reject it (revoked,
+    # or expired early), so a 401 on a call made with it is worth one retry with a fresh token.
+    from_cache: bool = False
 
 
 class MsalHttpClient:
@@ -81,12 +84,17 @@ class EntraTokenProvider:
         self._app: msal.ClientApplication | msal.ManagedIdentityClient | None = None
         self._lock = threading.Lock()
 
-    def token(self, min_seconds: float) -> AccessToken:
-        """A Power BI access token with at least ``min_seconds`` of life left."""
+    def token(self, min_seconds: float, *, fresh: bool = False) -> AccessToken:
+        """A Power BI access token with at least ``min_seconds`` of life left.
+
+        ``fresh`` bypasses MSAL's cache: for a retry after Power BI rejected a cached token.
+        """
         context = current_context(self.clock)
         if not self._lock.acquire(timeout=max(0.0, context.deadline.remaining())):
             raise UpstreamTimeout("Entra ID did not answer in time.", cause="waited too long for another sign-in")
         try:
+            if fresh:
+                self._drop_access_tokens()
             token = self._acquire()
             if token.expires_at - self.clock.now() < min_seconds:
                 self._drop_access_tokens()
@@ -183,7 +191,11 @@ class EntraTokenProvider:
                 cause=f"Entra ID error {result.get('error')} (AADSTS{code}) correlation_id="
                 f"{result.get('correlation_id')}: {' '.join(first_line)[:200]}",
             )
-        return AccessToken(result["access_token"], self.clock.now() + int(result.get("expires_in", 0)))
+        return AccessToken(
+            result["access_token"],
+            self.clock.now() + int(result.get("expires_in", 0)),
+            from_cache=result.get("token_source") == "cache",
+        )
 
     def _drop_access_tokens(self) -> None:
         """Forget cached access tokens so MSAL fetches a new one (with the refresh token for a master
