@@ -15,6 +15,7 @@ import azure.functions as func
 
 from shared.embed import EmbedService, Kind
 from shared.identity import identity_for
+from shared.openapi import openapi_json
 from shared.responses import respond
 from shared.settings import Settings, http_auth_level
 
@@ -88,3 +89,11 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         return {"status": "ok", "authMode": settings.auth_mode, "clientType": settings.client_type}
 
     return respond(status)
+
+
+@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """The OpenAPI document of these routes: anonymous, built from constants, no upstream call."""
+    return func.HttpResponse(
+        openapi_json(), status_code=200, mimetype="application/json", headers={"Cache-Control": "no-store"}
+    )

@@ -467,7 +467,9 @@ def test_auth_level_is_function_unless_set_to_anonymous(monkeypatch: pytest.Monk
 
     def auth_levels() -> set[str]:
         module = importlib.reload(function_app)
-        return {f.get_trigger().auth_level.value for f in module.app.get_functions()}
+        # The OpenAPI document is anonymous by design, whatever the setting.
+        functions = [f for f in module.app.get_functions() if f.get_function_name() != "openapi"]
+        return {f.get_trigger().auth_level.value for f in functions}
 
     try:
         assert auth_levels() == {"function"}

@@ -1,0 +1,60 @@
+"""GET /api/openapi.json: the document matches the routes function_app registers and is valid OpenAPI 3.1."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from openapi_spec_validator import validate
+
+import function_app
+from emulator import FakeUpstream
+from emulator.host import FunctionRoutes
+from shared.openapi import ERRORS, openapi_document
+
+
+def registered() -> dict[str, tuple[str, ...]]:
+    """'/embed/reports/{reportId}' -> methods, as the host lists the app's HTTP functions."""
+    routes = FunctionRoutes(function_app.app)
+    return {
+        "/" + f.route.removeprefix("api/"): tuple(m.lower() for m in f.methods or ()) for f in routes.http_functions
+    }
+
+
+def test_every_registered_route_is_documented_and_none_is_invented() -> None:
+    document = openapi_document()
+    documented = {path: tuple(sorted(ops)) for path, ops in document["paths"].items()}
+    assert documented == {path: tuple(sorted(methods)) for path, methods in registered().items()}
+    for path, operations in document["paths"].items():
+        names = set(re.findall(r"\{(\w+)\}", path))
+        for operation in operations.values():
+            in_path = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert in_path == names, path
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_errors_are_documented_with_code_and_message_required_and_request_id() -> None:
+    error = openapi_document()["components"]["schemas"]["Error"]["properties"]["error"]
+    assert error["required"] == ["code", "message"]
+    assert "requestId" in error["properties"]
+    assert set(error["properties"]["code"]["enum"]) == {c for codes in ERRORS.values() for c in codes}
+
+
+def test_it_is_served_anonymously_even_where_function_keys_are_enforced_and_calls_nothing_upstream(
+    fake: FakeUpstream,
+) -> None:
+    routes = FunctionRoutes(function_app.app, keys={"a-key"})
+    fake.reset_records()
+
+    answer = routes.dispatch("GET", "/api/openapi.json")
+
+    assert answer.status_code == 200
+    assert answer.mimetype == "application/json"
+    assert json.loads(answer.get_body()) == openapi_document()
+    assert fake.requests == []
+    assert routes.dispatch("GET", "/api/health").status_code == 401  # the others still need the key
