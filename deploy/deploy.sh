@@ -14,7 +14,7 @@ readonly ROOT
 readonly RUNTIME_VERSION=3.11
 # The settings that are secrets (as in shared/settings.py); every other POWERBI_* variable
 # set here becomes a plain app setting.
-readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
+readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE POWERBI_CACHE_URL POWERBI_CACHE_ENCRYPTION_KEY)
 DRY_RUN=false
 DOCTOR=false
 
