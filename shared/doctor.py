@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -95,6 +96,30 @@ def check_settings(env: Mapping[str, str], source: str, report: Report, listing:
         return None
     report.ok(f"complete: {settings.auth_mode} ({settings.client_type}), cloud {settings.cloud}")
     return settings
+
+
+def check_shared_cache(settings: Settings, report: Report) -> None:
+    """The shared cache (POWERBI_CACHE_URL): warnings only, since the function works without it."""
+    config = settings.shared_cache
+    if config is None:
+        return
+    from shared.shared_cache import SharedCache
+
+    where = urlsplit(config.url)
+    auth = "Entra ID (the app's managed identity)" if config.uses_entra else "a password"
+    report.section(f"Shared cache ({where.scheme}://{where.hostname}:{where.port or 6379}, {auth})")
+    report.ok(f"POWERBI_CACHE_ENCRYPTION_KEY: {len(config.encryption_key)} bytes, AES-256-GCM")
+    cache = SharedCache.create(settings)
+    assert cache is not None
+    probe = cache.probe()
+    for ok, text in probe.lines:
+        if ok:
+            report.ok(text)
+        else:
+            report.warn(
+                text,
+                "the function still works, without the shared cache: each instance calls Power BI for itself",
+            )
 
 
 def identity(settings: Settings) -> str:
@@ -272,6 +297,7 @@ def main(
     settings = check_settings(env, source, report, listing=args.list)
     ok = False
     if settings is not None:
+        check_shared_cache(settings, report)
         service = EmbedService.create(settings, session=session)
         with call_context(Deadline.after(SYSTEM_CLOCK, DEADLINE_SECONDS)):
             token = check_sign_in(service, report)

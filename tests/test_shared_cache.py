@@ -7,6 +7,7 @@ drives time with FakeClock; a test that needs Redis skips, with the install comm
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator import CLIENT_ID, TENANT_ID, WORKSPACE_ID
+from emulator import CLIENT_ID, TENANT_ID, WORKSPACE_ID, FakeUpstream
+from shared import doctor
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 from shared.shared_cache import BREAKER_SECONDS, Codec, SharedCache, _is_credential_error
@@ -339,3 +341,35 @@ def test_the_probe_checks_reachability_and_a_round_trip(redis_server: RedisServe
     redis_server.stop()
     probe = cache.probe()
     assert not probe.ok and "cannot be reached" in probe.lines[0][1]
+
+
+def test_the_doctor_checks_the_shared_cache(fake: FakeUpstream, env: dict[str, str], redis_server: RedisServer) -> None:
+    settings_env = {**env, "POWERBI_CACHE_URL": redis_server.url, "POWERBI_CACHE_ENCRYPTION_KEY": KEY}
+    out = io.StringIO()
+    assert doctor.main([], settings_env, out) == 0
+    text = out.getvalue()
+    assert f"Shared cache (redis://127.0.0.1:{redis_server.port}, a password)" in text
+    assert "ok    POWERBI_CACHE_ENCRYPTION_KEY: 32 bytes, AES-256-GCM" in text
+    assert "ok    reachable and authenticated (PING)" in text
+    assert "ok    a sealed write and read round trip (AES-256-GCM)" in text
+    assert "POWERBI_CACHE_URL = (set)" in text and "POWERBI_CACHE_ENCRYPTION_KEY = (set)" in text
+    assert REDIS_PASSWORD not in text and KEY not in text
+
+
+def test_the_doctor_warns_of_a_refused_password_and_still_passes(
+    fake: FakeUpstream, env: dict[str, str], redis_server: RedisServer
+) -> None:
+    wrong = redis_server.url.replace(REDIS_PASSWORD, "wrong-Pw-0000")
+    out = io.StringIO()
+    assert doctor.main([], {**env, "POWERBI_CACHE_URL": wrong, "POWERBI_CACHE_ENCRYPTION_KEY": KEY}, out) == 0
+    text = out.getvalue()
+    assert "warn  Redis refused the credentials: check the password in POWERBI_CACHE_URL" in text
+    assert "fix: the function still works, without the shared cache" in text
+    assert "wrong-Pw" not in text
+
+
+def test_the_doctor_names_a_malformed_key(fake: FakeUpstream, env: dict[str, str], redis_server: RedisServer) -> None:
+    out = io.StringIO()
+    short = base64.b64encode(b"0123456789").decode()
+    assert doctor.main([], {**env, "POWERBI_CACHE_URL": redis_server.url, "POWERBI_CACHE_ENCRYPTION_KEY": short}, out)
+    assert "FAIL  POWERBI_CACHE_ENCRYPTION_KEY must be 32 random bytes in base64" in out.getvalue()
