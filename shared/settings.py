@@ -84,6 +84,11 @@ SETTING_NAMES = (
     "POWERBI_RLS_ROLES",
     "POWERBI_RLS_CUSTOM_DATA_CLAIM",
     "POWERBI_ALLOW_EDIT",
+    # Whose principal is believed, and where roles come from (row-level security).
+    "POWERBI_RLS_IDENTITY_PROVIDER",
+    "POWERBI_RLS_ALLOWED_TENANTS",
+    "POWERBI_RLS_ROLES_SOURCE",
+    "POWERBI_RLS_ALLOWED_ROLES",
 )
 SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
 
@@ -141,6 +146,11 @@ class Settings:
     rls_roles: tuple[str, ...] = ()
     rls_custom_data_claim: str | None = None
     allow_edit: bool = False
+    # Row-level security: which principals are believed, and where roles come from.
+    rls_identity_provider: str = "aad"
+    rls_allowed_tenants: frozenset[str] | None = None
+    rls_roles_source: Literal["setting", "principal"] = "setting"
+    rls_allowed_roles: frozenset[str] = frozenset()
 
     @property
     def authority(self) -> str:
@@ -271,7 +281,8 @@ class _Reader:
             # (it drops any a caller sends); without it, anyone could claim any identity.
             self.problems.append(
                 "POWERBI_RLS_USERNAME_SOURCE=principal needs App Service Authentication: turn it on for the "
-                "function app (which sets WEBSITE_AUTH_ENABLED=True)"
+                "function app, or link the function app to a Static Web App, which turns it on (either sets "
+                "WEBSITE_AUTH_ENABLED=True)"
             )
         roles = tuple(r.strip() for r in (self.text("POWERBI_RLS_ROLES") or "").split(",") if r.strip())
         # Power BI's rules for roles, checked here so a bad list names the setting, not a Power BI error.
@@ -286,6 +297,36 @@ class _Reader:
             "rls_roles": roles,
             "rls_custom_data_claim": self.text("POWERBI_RLS_CUSTOM_DATA_CLAIM"),
             "allow_edit": allow_edit == "true",
+        }
+
+    def rls_principal(self) -> dict[str, Any]:
+        """Which signed-in principals row-level security believes, and where their roles come from."""
+        provider = (self.text("POWERBI_RLS_IDENTITY_PROVIDER", "aad") or "aad").lower()
+        if not re.fullmatch(r"[a-z0-9_.-]+", provider):
+            self.problems.append("POWERBI_RLS_IDENTITY_PROVIDER must be one identity provider name, such as aad")
+        roles_source = (self.text("POWERBI_RLS_ROLES_SOURCE", "setting") or "setting").lower()
+        if roles_source not in ("setting", "principal"):
+            self.problems.append("POWERBI_RLS_ROLES_SOURCE must be setting or principal")
+            roles_source = "setting"
+        allowed_roles = frozenset(
+            r.strip() for r in (self.text("POWERBI_RLS_ALLOWED_ROLES") or "").split(",") if r.strip()
+        )
+        if any(len(role) > 50 for role in allowed_roles):
+            self.problems.append("POWERBI_RLS_ALLOWED_ROLES may list only roles of at most 50 characters")
+        if roles_source == "principal":
+            if not allowed_roles:
+                # Without an allow-list, whoever manages the identity provider's roles would choose
+                # which dataset roles a user gets: deny until the roles are listed.
+                self.problems.append("POWERBI_RLS_ALLOWED_ROLES is required with POWERBI_RLS_ROLES_SOURCE=principal")
+            if (self.env.get("POWERBI_RLS_ROLES") or "").strip():
+                self.problems.append("set POWERBI_RLS_ROLES or POWERBI_RLS_ROLES_SOURCE=principal, not both")
+            if (self.env.get("POWERBI_RLS_USERNAME_SOURCE") or "").strip().lower() != "principal":
+                self.problems.append("POWERBI_RLS_ROLES_SOURCE=principal needs POWERBI_RLS_USERNAME_SOURCE=principal")
+        return {
+            "rls_identity_provider": provider,
+            "rls_allowed_tenants": self.guids("POWERBI_RLS_ALLOWED_TENANTS"),
+            "rls_roles_source": roles_source,
+            "rls_allowed_roles": allowed_roles,
         }
 
     def settings(self) -> Settings:
@@ -359,6 +400,7 @@ class _Reader:
             min_token_minutes=int(minimum),
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
             **self.row_level_security(),
+            **self.rls_principal(),
         )
         if self.problems:
             raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")

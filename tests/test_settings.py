@@ -145,3 +145,46 @@ def test_the_example_settings_file_lists_every_setting() -> None:
 
     assert example["Values"]["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert {name for name in example["Values"] if name.startswith("POWERBI_")} == set(SETTING_NAMES)
+
+
+def test_row_level_security_pins_entra_id_and_takes_roles_from_the_setting_by_default() -> None:
+    s = Settings.from_env(MASTER_USER)
+
+    assert (s.rls_identity_provider, s.rls_allowed_tenants, s.rls_roles_source) == ("aad", None, "setting")
+    assert s.rls_allowed_roles == frozenset()
+
+
+def test_roles_from_the_principal_need_an_allow_list_and_a_principal() -> None:
+    env = {**MASTER_USER, "POWERBI_RLS_ROLES_SOURCE": "principal"}
+
+    message = problems(env)
+
+    assert "POWERBI_RLS_ALLOWED_ROLES is required with POWERBI_RLS_ROLES_SOURCE=principal" in message
+    assert "POWERBI_RLS_ROLES_SOURCE=principal needs POWERBI_RLS_USERNAME_SOURCE=principal" in message
+    both = {**env, "POWERBI_RLS_ALLOWED_ROLES": "Region", "POWERBI_RLS_ROLES": "Region"}
+    assert "set POWERBI_RLS_ROLES or POWERBI_RLS_ROLES_SOURCE=principal, not both" in problems(both)
+    s = Settings.from_env(
+        {
+            **env,
+            "POWERBI_RLS_ALLOWED_ROLES": " Region , Manager,",
+            "POWERBI_RLS_USERNAME_SOURCE": "principal",
+            "WEBSITE_AUTH_ENABLED": "true",
+        }
+    )
+    assert (s.rls_roles_source, s.rls_allowed_roles) == ("principal", {"Region", "Manager"})
+
+
+def test_bad_identity_settings_name_the_setting() -> None:
+    message = problems(
+        {
+            **MASTER_USER,
+            "POWERBI_RLS_IDENTITY_PROVIDER": "aad, github",
+            "POWERBI_RLS_ALLOWED_TENANTS": "contoso.onmicrosoft.com",
+            "POWERBI_RLS_ROLES_SOURCE": "claims",
+        }
+    )
+
+    assert "POWERBI_RLS_IDENTITY_PROVIDER must be one identity provider name" in message
+    assert "POWERBI_RLS_ALLOWED_TENANTS must be a comma-separated list of GUIDs" in message
+    assert "POWERBI_RLS_ROLES_SOURCE must be setting or principal" in message
+    assert "contoso" not in message
