@@ -95,6 +95,9 @@ SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICAT
 # App Service / Functions leave a Key Vault reference in place, literally, when it
 # cannot resolve it. Such a value must never be used as a password or secret.
 KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+_MULTI_TENANT_ALIASES = frozenset({"organizations", "common", "consumers"})
+MAX_MIN_TOKEN_MINUTES = 30  # of an Entra token's 60 to 90 minutes, leave most for reuse
+MAX_TOKEN_LIFETIME_MINUTES = 60  # the shortest an Entra token lives; an embed token never outlives it
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _PEM_KEY = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.DOTALL)
@@ -299,6 +302,35 @@ class _Reader:
             "allow_edit": allow_edit == "true",
         }
 
+    def tenant(self, mode: str) -> str | None:
+        """POWERBI_TENANT_ID: a master user may sign in through ``organizations``; client credentials may not."""
+        master_user = mode == "MasterUser"
+        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None)
+        if tenant and not _TENANT.match(tenant):
+            self.problems.append("POWERBI_TENANT_ID must be a tenant id (GUID) or domain name")
+        if mode == "ServicePrincipal" and not tenant:
+            self.problems.append("POWERBI_TENANT_ID is required for a service principal")
+        elif not master_user and tenant and tenant.lower() in _MULTI_TENANT_ALIASES:
+            # Entra ID refuses client credentials at /common, /organizations and /consumers: they
+            # name no tenant to issue the token in. A managed identity needs no tenant, but one of
+            # these aliases says the setting was copied from a master user's and means nothing.
+            self.problems.append(
+                f"POWERBI_TENANT_ID must name the tenant (its id or domain) for {mode}, not "
+                "organizations, common or consumers"
+            )
+        return tenant
+
+    def token_minutes(self) -> tuple[float | None, float]:
+        """POWERBI_TOKEN_LIFETIME_MINUTES and POWERBI_MIN_TOKEN_MINUTES, which must leave a token reusable."""
+        # Entra tokens live 60 to 90 minutes and an embed token never outlives the Entra token it
+        # came from: a minimum above 30 leaves so little reuse that nearly every request signs in again.
+        minimum = self.number("POWERBI_MIN_TOKEN_MINUTES", 10, 0, MAX_MIN_TOKEN_MINUTES, int) or 0
+        lifetime = self.number("POWERBI_TOKEN_LIFETIME_MINUTES", None, 1, MAX_TOKEN_LIFETIME_MINUTES, int)
+        if lifetime is not None and lifetime <= minimum:
+            # Every new token would already be too short to hand out.
+            self.problems.append("POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES")
+        return lifetime, minimum
+
     def rls_principal(self) -> dict[str, Any]:
         """Which signed-in principals row-level security believes, and where their roles come from."""
         provider = (self.text("POWERBI_RLS_IDENTITY_PROVIDER", "aad") or "aad").lower()
@@ -345,9 +377,7 @@ class _Reader:
             cloud_name = "Public"
         cloud = CLOUDS[cloud_name]
 
-        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None, required=service_principal)
-        if tenant and not _TENANT.match(tenant):
-            self.problems.append("POWERBI_TENANT_ID must be a tenant id (GUID) or domain name")
+        tenant = self.tenant(mode)
         client_id = self.guid("POWERBI_CLIENT_ID", required=mode != "ManagedIdentity")
         secret = self.text("POWERBI_CLIENT_SECRET")
         certificate = self.certificate()
@@ -372,11 +402,7 @@ class _Reader:
         elif workspace_id and workspace_id not in allowed:
             self.problems.append("POWERBI_WORKSPACE_ID must be one of POWERBI_ALLOWED_WORKSPACES")
 
-        lifetime = self.number("POWERBI_TOKEN_LIFETIME_MINUTES", None, 1, 24 * 60, int)
-        minimum = self.number("POWERBI_MIN_TOKEN_MINUTES", 10, 0, 24 * 60, int) or 0
-        if lifetime is not None and lifetime <= minimum:
-            # Every new token would already be too short to hand out.
-            self.problems.append("POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES")
+        lifetime, minimum = self.token_minutes()
 
         settings = Settings(
             auth_mode=mode,  # type: ignore[arg-type]  # checked against AUTH_MODES above

@@ -188,3 +188,60 @@ def test_bad_identity_settings_name_the_setting() -> None:
     assert "POWERBI_RLS_ALLOWED_TENANTS must be a comma-separated list of GUIDs" in message
     assert "POWERBI_RLS_ROLES_SOURCE must be setting or principal" in message
     assert "contoso" not in message
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"POWERBI_MIN_TOKEN_MINUTES": "31"}, "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30"),
+        ({"POWERBI_MIN_TOKEN_MINUTES": "60"}, "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30"),
+        (
+            {"POWERBI_TOKEN_LIFETIME_MINUTES": "61"},
+            "POWERBI_TOKEN_LIFETIME_MINUTES must be a whole number from 1 to 60",
+        ),
+        (
+            {"POWERBI_TOKEN_LIFETIME_MINUTES": "10"},
+            "POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES",
+        ),
+        (
+            {"POWERBI_TOKEN_LIFETIME_MINUTES": "20", "POWERBI_MIN_TOKEN_MINUTES": "30"},
+            "POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES",
+        ),
+    ],
+)
+def test_token_minutes_that_leave_no_token_to_reuse_are_refused(values: dict[str, str], expected: str) -> None:
+    assert expected in problems({**MASTER_USER, **values})
+
+
+def test_token_minutes_at_their_limits_are_accepted() -> None:
+    s = Settings.from_env({**MASTER_USER, "POWERBI_MIN_TOKEN_MINUTES": "30", "POWERBI_TOKEN_LIFETIME_MINUTES": "60"})
+
+    assert (s.min_token_minutes, s.token_lifetime_minutes) == (30, 60)
+
+
+@pytest.mark.parametrize("tenant", ["", "organizations", "common", "Consumers"])
+def test_a_service_principal_needs_a_tenant_not_an_alias(tenant: str) -> None:
+    env = {
+        "POWERBI_AUTH_MODE": "ServicePrincipal",
+        "POWERBI_CLIENT_ID": CLIENT,
+        "POWERBI_CLIENT_SECRET": "secret-4410",
+        "POWERBI_WORKSPACE_ID": WORKSPACE,
+        "POWERBI_TENANT_ID": tenant,
+    }
+
+    message = problems(env)
+
+    assert "POWERBI_TENANT_ID" in message
+    assert "secret-4410" not in message
+
+
+@pytest.mark.parametrize("tenant", ["organizations", "common", "consumers"])
+def test_a_managed_identity_refuses_a_tenant_alias(tenant: str) -> None:
+    env = {"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_WORKSPACE_ID": WORKSPACE, "POWERBI_TENANT_ID": tenant}
+
+    assert "POWERBI_TENANT_ID must name the tenant" in problems(env)
+    assert Settings.from_env({**env, "POWERBI_TENANT_ID": OTHER}).auth_mode == "ManagedIdentity"
+
+
+def test_a_master_user_may_sign_in_through_organizations() -> None:
+    assert Settings.from_env({**MASTER_USER, "POWERBI_TENANT_ID": "organizations"}).tenant_id == "organizations"
