@@ -84,6 +84,9 @@ SETTING_NAMES = (
     "POWERBI_RLS_ROLES",
     "POWERBI_RLS_CUSTOM_DATA_CLAIM",
     "POWERBI_ALLOW_EDIT",
+    "POWERBI_CATALOG_TTL_SECONDS",
+    "POWERBI_CATALOG_REFRESH_SECONDS",
+    "POWERBI_CACHE_MAX_TOKENS",
 )
 SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
 
@@ -141,6 +144,10 @@ class Settings:
     rls_roles: tuple[str, ...] = ()
     rls_custom_data_claim: str | None = None
     allow_edit: bool = False
+    # Caches: the workspace catalog's life, how often an unknown id may re-read it, embed tokens kept.
+    catalog_ttl_seconds: float = 600.0
+    catalog_refresh_seconds: float = 60.0
+    cache_max_tokens: int = 10_000
 
     @property
     def authority(self) -> str:
@@ -288,6 +295,16 @@ class _Reader:
             "allow_edit": allow_edit == "true",
         }
 
+    def caches(self) -> dict[str, Any]:
+        ttl = self.number("POWERBI_CATALOG_TTL_SECONDS", 600, 1, 24 * 3600)
+        refresh = self.number("POWERBI_CATALOG_REFRESH_SECONDS", 60, 0, 24 * 3600)
+        max_tokens = self.number("POWERBI_CACHE_MAX_TOKENS", 10_000, 1, 10_000_000, int)
+        return {
+            "catalog_ttl_seconds": float(600 if ttl is None else ttl),
+            "catalog_refresh_seconds": float(60 if refresh is None else refresh),
+            "cache_max_tokens": int(10_000 if max_tokens is None else max_tokens),
+        }
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
@@ -359,6 +376,7 @@ class _Reader:
             min_token_minutes=int(minimum),
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
             **self.row_level_security(),
+            **self.caches(),
         )
         if self.problems:
             raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")
