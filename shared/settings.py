@@ -91,10 +91,14 @@ SETTING_NAMES = (
     "POWERBI_RLS_ALLOWED_TENANTS",
     "POWERBI_RLS_ROLES_SOURCE",
     "POWERBI_RLS_ALLOWED_ROLES",
+    "POWERBI_CATALOG_TTL_SECONDS",
+    "POWERBI_CATALOG_REFRESH_SECONDS",
+    "POWERBI_CACHE_MAX_TOKENS",
     # The shared cache (Redis)
     "POWERBI_CACHE_URL",
     "POWERBI_CACHE_ENCRYPTION_KEY",
     "POWERBI_CACHE_TIMEOUT_MS",
+    "POWERBI_CACHE_BREAKER_SECONDS",
 )
 SECRET_SETTINGS = frozenset(
     {
@@ -143,6 +147,7 @@ class SharedCacheSettings:
     url: str = field(repr=False)  # may hold a password
     encryption_key: bytes = field(repr=False)  # 32 bytes: AES-256-GCM
     timeout_seconds: float = 0.1
+    breaker_seconds: float = 30.0  # how long Redis is left alone after it failed
 
     @property
     def uses_entra(self) -> bool:
@@ -182,6 +187,10 @@ class Settings:
     rls_allowed_tenants: frozenset[str] | None = None
     rls_roles_source: Literal["setting", "principal"] = "setting"
     rls_allowed_roles: frozenset[str] = frozenset()
+    # Caches: the workspace catalog's life, how often an unknown id may re-read it, embed tokens kept.
+    catalog_ttl_seconds: float = 600.0
+    catalog_refresh_seconds: float = 60.0
+    cache_max_tokens: int = 10_000
     shared_cache: SharedCacheSettings | None = None
 
     @property
@@ -390,11 +399,22 @@ class _Reader:
             "rls_allowed_roles": allowed_roles,
         }
 
+    def caches(self) -> dict[str, Any]:
+        ttl = self.number("POWERBI_CATALOG_TTL_SECONDS", 600, 1, 24 * 3600)
+        refresh = self.number("POWERBI_CATALOG_REFRESH_SECONDS", 60, 0, 24 * 3600)
+        max_tokens = self.number("POWERBI_CACHE_MAX_TOKENS", 10_000, 1, 10_000_000, int)
+        return {
+            "catalog_ttl_seconds": float(600 if ttl is None else ttl),
+            "catalog_refresh_seconds": float(60 if refresh is None else refresh),
+            "cache_max_tokens": int(10_000 if max_tokens is None else max_tokens),
+        }
+
     def shared_cache(self) -> dict[str, Any]:
-        """POWERBI_CACHE_URL, POWERBI_CACHE_ENCRYPTION_KEY, POWERBI_CACHE_TIMEOUT_MS; unset URL: no shared cache."""
+        """POWERBI_CACHE_URL, _ENCRYPTION_KEY, _TIMEOUT_MS, _BREAKER_SECONDS; unset URL: no shared cache."""
         url = self.text("POWERBI_CACHE_URL")
         raw_key = self.text("POWERBI_CACHE_ENCRYPTION_KEY")
         timeout_ms = self.number("POWERBI_CACHE_TIMEOUT_MS", 100, 10, 5000, int) or 100
+        breaker = self.number("POWERBI_CACHE_BREAKER_SECONDS", 30, 0, 3600, int)
         if url is None:
             return {}
         parts = urlsplit(url)
@@ -427,7 +447,7 @@ class _Reader:
                 key = None
         if key is None:
             return {}
-        return {"shared_cache": SharedCacheSettings(url, key, timeout_ms / 1000)}
+        return {"shared_cache": SharedCacheSettings(url, key, timeout_ms / 1000, breaker or 0.0)}
 
     def settings(self) -> Settings:
         env = self.env
@@ -495,6 +515,7 @@ class _Reader:
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
             **self.row_level_security(),
             **self.rls_principal(),
+            **self.caches(),
             **self.shared_cache(),
         )
         if self.problems:

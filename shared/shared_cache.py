@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Source = Literal["shared", "created"]
 
-# How long Redis is left alone after a failure before it is tried again.
+# How long Redis is left alone after a failure before it is tried again (POWERBI_CACHE_BREAKER_SECONDS).
 BREAKER_SECONDS = 30.0
 # How often a request waiting for another instance's upstream call looks for the entry.
 POLL_SECONDS = 0.05
@@ -126,7 +127,13 @@ class SharedCache:
         config = settings.shared_cache
         if config is None:
             return None
-        return cls(connect(config, settings), config.encryption_key, namespace_material(settings), clock)
+        return cls(
+            connect(config, settings),
+            config.encryption_key,
+            namespace_material(settings),
+            clock,
+            breaker_seconds=config.breaker_seconds,
+        )
 
     # -- keys and sealing -------------------------------------------------------------------
 
@@ -190,7 +197,7 @@ class SharedCache:
         elif first:
             logger.warning(
                 "shared cache (Redis) unavailable (%s): serving from the in-process cache and Power BI; "
-                "trying again in %.0f s",
+                "trying again after %.0f s",
                 _describe(exc),
                 self.breaker_seconds,
             )
@@ -281,42 +288,63 @@ class SharedCache:
     def fetch(
         self, kind: str, key: str, create: Callable[[], T], codec: Codec[T], remaining: Callable[[], float]
     ) -> tuple[T, Source]:
-        """The shared value for ``key``, or ``create()``'s, made once for the whole fleet.
-
-        ``remaining`` is the time left of the request's deadline. Whoever takes the lock creates
-        the value and shares it; the others wait for it with part of their time, then create it
-        themselves (the owner may have died or be slow): a request never fails for Redis's sake.
-        """
+        """The shared value for ``key``, or ``create()``'s, made once for the whole fleet and shared."""
         value = self.read(kind, key, codec)
         if value is not None:
             return value, "shared"
+
+        def create_and_share() -> T:
+            made = create()
+            self.put(kind, key, codec.dumps(made), codec.ttl(made))
+            return made
+
+        return self.once(kind, key, create_and_share, lambda: self.read(kind, key, codec), remaining)
+
+    def once(
+        self,
+        kind: str,
+        key: str,
+        create: Callable[[], T],
+        read: Callable[[], T | None],
+        remaining: Callable[[], float],
+    ) -> tuple[T, Source]:
+        """``create()`` (which shares what it makes) under the fleet lock, or what another instance shared.
+
+        ``remaining`` is the time left of the request's deadline. Whoever takes the lock creates the
+        value; the others wait for it (``read``) with part of their time, then create it themselves
+        (the owner may have died or be slow): a request never fails for Redis's sake.
+        """
         try:
             token = self.acquire(kind, key, max(1.0, remaining()))
             if token is None:
-                shared = self._wait(kind, key, codec, remaining)
+                shared = self._wait(kind, key, read, remaining)
                 if shared is not None:
                     return shared, "shared"
                 token = self.acquire(kind, key, max(1.0, remaining()))
+            if token is not None:
+                # The previous owner may have shared it just before we asked for the lock.
+                shared = read()
+                if shared is not None:
+                    self.release(kind, key, token)
+                    return shared, "shared"
         except _Unavailable:
             token = None
         try:
-            value = create()
-            self.put(kind, key, codec.dumps(value), codec.ttl(value))
+            return create(), "created"
         finally:
             if token is not None:
                 self.release(kind, key, token)
-        return value, "created"
 
-    def _wait(self, kind: str, key: str, codec: Codec[T], remaining: Callable[[], float]) -> T | None:
+    def _wait(self, kind: str, key: str, read: Callable[[], T | None], remaining: Callable[[], float]) -> T | None:
         """Wait for another instance to share the value, while it holds the lock and time allows."""
         give_up_at = remaining() * WAIT_RESERVE
         while remaining() > give_up_at:
             self.clock.sleep(min(POLL_SECONDS, remaining() - give_up_at))
-            value = self.read(kind, key, codec)
+            value = read()
             if value is not None:
                 return value
             if not self.available or not self.locked(kind, key):
-                return self.read(kind, key, codec)  # the owner finished (or failed) just now
+                return read()  # the owner finished (or failed) just now
         return None
 
     # -- the doctor -------------------------------------------------------------------------
@@ -351,6 +379,45 @@ class SharedCache:
             return Probe(False, tuple(lines))
         lines.append((True, "a sealed write and read round trip (AES-256-GCM)"))
         return Probe(True, tuple(lines))
+
+
+class RedisStore:
+    """The shared cache as the second level of ``shared.cache.TieredCache`` (embed tokens, catalog listings).
+
+    Keys arrive as ``<cache name>:<key text>``; the cache name becomes the entry's kind in Redis.
+    """
+
+    def __init__(self, cache: SharedCache) -> None:
+        self.cache = cache
+
+    @classmethod
+    def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> RedisStore | None:
+        cache = SharedCache.create(settings, clock)
+        return cls(cache) if cache is not None else None
+
+    @staticmethod
+    def _kind(key: str) -> str:
+        return key.split(":", 1)[0] if ":" in key else "entry"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        plain = self.cache.get(self._kind(key), key)
+        if plain is None:
+            return None
+        try:
+            value = json.loads(plain)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put(self, key: str, value: dict[str, Any], ttl_seconds: float) -> None:
+        data = json.dumps(value, separators=(",", ":")).encode("utf-8")
+        self.cache.put(self._kind(key), key, data, ttl_seconds)
+
+    def load_once(
+        self, key: str, load: Callable[[], T], read: Callable[[], T | None], remaining: Callable[[], float]
+    ) -> T:
+        """One ``load`` for the whole fleet (it shares what it makes); the others ``read`` it."""
+        return self.cache.once(self._kind(key), key, load, read, remaining)[0]
 
 
 def connect(config: SharedCacheSettings, settings: Settings) -> redis.Redis:

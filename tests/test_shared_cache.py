@@ -182,7 +182,7 @@ def test_redis_gone_then_back(redis_server: RedisServer, clock: FakeClock, caplo
     clock.advance(BREAKER_SECONDS)
     assert cache.get("embed", "k") is None  # tried again: still away, and no new line
     (gone,) = warnings_of(caplog)
-    assert "shared cache (Redis) unavailable (ConnectionError" in gone and "trying again in 30 s" in gone
+    assert "shared cache (Redis) unavailable (ConnectionError" in gone and "trying again after 30 s" in gone
 
     redis_server.start()
     clock.advance(BREAKER_SECONDS)
