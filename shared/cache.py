@@ -129,6 +129,11 @@ class TieredCache(Generic[K, V]):
             self._values.expire()
             return len(self._values)
 
+    def local(self, key: K) -> V | None:
+        """The value if it is in process and has not expired: no network call."""
+        with self._lock:
+            return self._values.get(key)
+
     def get(self, key: K) -> V | None:
         """The value if it has not expired: in process, else from the shared store (kept in process too)."""
         with self._lock:
@@ -167,12 +172,13 @@ class TieredCache(Generic[K, V]):
 
     def get_or_load(self, key: K, load: Callable[[], V], timeout: Callable[[], float]) -> tuple[V, str]:
         """The cached value, or one load shared by concurrent callers: (value, "hit" | "miss" | "shared")."""
-        value = self.get(key)
+        value = self.local(key)
         if value is not None:
             return value, "hit"
 
         def work() -> V:
-            # A flight that ended just before this one started may have filled the cache.
+            # A flight that ended just before this one started may have filled the cache; the shared
+            # store is read here, by the one caller in flight, not by every concurrent miss.
             cached = self.get(key)
             if cached is not None:
                 return cached
