@@ -57,6 +57,7 @@ POLL_SECONDS = 0.05
 WAIT_RESERVE = 0.5
 # The scope of Azure Managed Redis for Entra ID tokens (a managed identity asks for the resource).
 REDIS_RESOURCE = "https://redis.azure.com"
+ENTRA_TOKEN_TIMEOUT_MS = 1000  # for the managed identity endpoint's answer, per attempt
 _FORMAT = b"\x01"  # version of the sealed-value layout: format byte, 12-byte nonce, AES-GCM output
 _NONCE_BYTES = 12
 # Delete the lock only if it still holds our token: after it expired, another instance may own it.
@@ -445,17 +446,28 @@ def connect(config: SharedCacheSettings, settings: Settings) -> redis.Redis:
 
 
 def _entra_credentials(settings: Settings) -> Any:
+    """redis-entraid's provider for the app's managed identity (user-assigned if POWERBI_MANAGED_IDENTITY_CLIENT_ID).
+
+    Its default gives the identity endpoint 100 ms per token, which a first call on a fresh instance
+    can exceed: that would read as a refusal. A second is allowed, once per connection at most (the
+    token is then kept and refreshed in the background).
+    """
+    from redis.auth.token_manager import RetryPolicy, TokenManagerConfig
     from redis_entraid.cred_provider import create_from_managed_identity
     from redis_entraid.identity_provider import ManagedIdentityIdType, ManagedIdentityType
 
+    config = TokenManagerConfig(0.7, 0, ENTRA_TOKEN_TIMEOUT_MS, RetryPolicy(2, 10))
     if settings.managed_identity_client_id:
         return create_from_managed_identity(
             identity_type=ManagedIdentityType.USER_ASSIGNED,
             resource=REDIS_RESOURCE,
             id_type=ManagedIdentityIdType.CLIENT_ID,
             id_value=settings.managed_identity_client_id,
+            token_manager_config=config,
         )
-    return create_from_managed_identity(identity_type=ManagedIdentityType.SYSTEM_ASSIGNED, resource=REDIS_RESOURCE)
+    return create_from_managed_identity(
+        identity_type=ManagedIdentityType.SYSTEM_ASSIGNED, resource=REDIS_RESOURCE, token_manager_config=config
+    )
 
 
 def _is_credential_error(exc: BaseException) -> bool:
