@@ -171,20 +171,30 @@ class TieredCache(Generic[K, V]):
             self._values.pop(key, None)
 
     def get_or_load(self, key: K, load: Callable[[], V], timeout: Callable[[], float]) -> tuple[V, str]:
-        """The cached value, or one load shared by concurrent callers: (value, "hit" | "miss" | "shared")."""
+        """The cached value, or one load shared by concurrent callers.
+
+        (value, outcome): "hit" (in process), "l2" (from the shared store, or another worker's load),
+        "miss" (loaded here), or "shared" (another request's load in this process).
+        """
         value = self.local(key)
         if value is not None:
             return value, "hit"
+        outcome = ["l2"]  # unless found in process or loaded here, below
 
         def work() -> V:
             # A flight that ended just before this one started may have filled the cache; the shared
             # store is read here, by the one caller in flight, not by every concurrent miss.
+            cached = self.local(key)
+            if cached is not None:
+                outcome[0] = "hit"
+                return cached
             cached = self.get(key)
             if cached is not None:
                 return cached
 
             def load_and_put() -> V:
                 loaded = load()
+                outcome[0] = "miss"
                 self.put(key, loaded)
                 return loaded
 
@@ -197,4 +207,4 @@ class TieredCache(Generic[K, V]):
             return load_and_put()
 
         value, leader = self._flights.run(key, work, timeout)
-        return value, "miss" if leader else "shared"
+        return value, outcome[0] if leader else "shared"

@@ -81,6 +81,16 @@ class Instance:
     def lines(self, text: str) -> list[str]:
         return [line for line in self.log if text in line]
 
+    def wait_for(self, text: str) -> list[str]:
+        """The log lines with ``text``, once there is one (the log arrives through a pipe, after the answer)."""
+        deadline = time.monotonic() + START_SECONDS
+        while not self.lines(text) and time.monotonic() < deadline:
+            try:
+                self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+        return self.lines(text)
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
         try:
@@ -177,6 +187,9 @@ def test_two_processes_one_cold_key_at_once_make_one_generate_token(fleet: Fleet
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json()["tokenId"] == answers[1].json()["tokenId"]
     assert minted(fake) == 1
+    # One process minted it; the other waited on the Redis lock and read what it shared.
+    outcomes = sorted(re.search(r"cache=(\w+)", i.wait_for("embed report")[0]).group(1) for i in (one, two))  # type: ignore[union-attr]
+    assert outcomes == ["l2", "miss"]
 
 
 def test_a_token_minted_by_one_process_is_served_by_another_without_any_upstream_call(
@@ -190,6 +203,7 @@ def test_a_token_minted_by_one_process_is_served_by_another_without_any_upstream
     assert second.status_code == 200
     assert second.json()["accessToken"] == first.json()["accessToken"]
     assert fake.requests == []  # no sign-in, no catalog read, no GenerateToken: all from Redis
+    assert "cache=l2 upstream_calls=0" in two.wait_for("embed report")[0]
 
 
 def test_redis_stopped_mid_run_then_restarted(fleet: Fleet, fake: FakeUpstream, redis_server: RedisServer) -> None:
