@@ -181,6 +181,7 @@ class SharedCache:
         return result
 
     def _failed(self, exc: BaseException) -> None:
+        self._disconnect()
         credentials = _is_credential_error(exc)
         with self._lock:
             self._closed_at = self.clock.monotonic() + self.breaker_seconds
@@ -202,6 +203,13 @@ class SharedCache:
                 _describe(exc),
                 self.breaker_seconds,
             )
+
+    def _disconnect(self) -> None:
+        """Drop pooled connections after a failure: a later try starts afresh (and leaves no socket open)."""
+        try:
+            self.client.connection_pool.disconnect()
+        except Exception:  # closing what is already broken
+            logger.debug("shared cache: closing connections failed", exc_info=True)
 
     def _succeeded(self) -> None:
         with self._lock:
@@ -356,6 +364,7 @@ class SharedCache:
         try:
             self.client.ping()
         except Exception as exc:  # noqa: BLE001 - reported, never raised
+            self._disconnect()
             if _is_credential_error(exc):
                 text = (
                     "Redis refused the credentials: check the password in POWERBI_CACHE_URL or, without one, "
@@ -477,6 +486,8 @@ def _is_credential_error(exc: BaseException) -> bool:
     if isinstance(exc, AuthenticationError | NoPermissionError):
         return True
     if type(exc).__name__ in ("RequestTokenErr", "TokenRenewalErr", "InvalidTokenSchemaErr"):  # redis-entraid
+        return True
+    if type(exc).__module__.split(".")[0] == "jwt":  # the identity endpoint's token is no JWT Redis can take
         return True
     text = str(exc).upper()
     return isinstance(exc, ResponseError) and any(word in text for word in ("WRONGPASS", "NOAUTH", "NOPERM"))

@@ -385,3 +385,26 @@ def test_the_doctor_names_a_malformed_key(fake: FakeUpstream, env: dict[str, str
     short = base64.b64encode(b"0123456789").decode()
     assert doctor.main([], {**env, "POWERBI_CACHE_URL": redis_server.url, "POWERBI_CACHE_ENCRYPTION_KEY": short}, out)
     assert "FAIL  POWERBI_CACHE_ENCRYPTION_KEY must be 32 random bytes in base64" in out.getvalue()
+
+
+def test_an_entra_sign_in_redis_refuses_is_one_configuration_warning_not_a_failure(
+    fake: FakeUpstream,
+    redis_server: RedisServer,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No password in the URL: redis-entraid gets a token from the app's identity endpoint (the emulator's,
+    as App Service provides it) and Redis, which knows no such user, refuses it."""
+    for name, value in fake.managed_identity_env().items():
+        monkeypatch.setenv(name, value)
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    cache = cache_for(url, clock, POWERBI_AUTH_MODE="ManagedIdentity")
+    for _ in range(2):
+        assert cache.get("embed", "k") is None
+        assert not cache.put("embed", "k", b"v", 60)
+        clock.advance(BREAKER_SECONDS)
+    (line,) = warnings_of(caplog)
+    assert line.startswith("configuration: the shared cache (Redis) refused the function's credentials")
+    assert {call.query.get("resource") for call in fake.identity_calls} == {"https://redis.azure.com"}
+    assert not cache.probe().ok
