@@ -494,3 +494,25 @@ def test_scripts_are_shellcheck_clean() -> None:
     result = execute([shellcheck, str(SCRIPT), str(FAKE_AZ / "az")])
     assert result.returncode == 0, result.stdout
     assert result.stdout == ""
+
+
+def _versions(path: Path, operator: str) -> dict[str, tuple[int, ...]]:
+    """``name -> version`` of each requirement line's ``operator`` clause (comments and -r skipped)."""
+    found: dict[str, tuple[int, ...]] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        match = re.match(rf"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*[^#]*?{re.escape(operator)}\s*([0-9][0-9.]*)", line)
+        assert match, f"{path.name}: {line!r} has no {operator} version"
+        numbers = tuple(int(n) for n in match.group(2).split("."))
+        found[match.group(1).lower().replace("_", "-")] = numbers + (0,) * (3 - len(numbers))
+    return found
+
+
+def test_every_runtime_dependency_is_pinned_to_its_lower_bound_for_the_lowest_run() -> None:
+    # .ci/run installs constraints-lowest.txt and runs the suite: a lower bound is a tested version.
+    lower = _versions(REPO / "requirements.txt", ">=")
+    pinned = _versions(REPO / "constraints-lowest.txt", "==")
+
+    assert lower and pinned == lower
