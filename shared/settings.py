@@ -89,6 +89,9 @@ SETTING_NAMES = (
     "POWERBI_RLS_ALLOWED_TENANTS",
     "POWERBI_RLS_ROLES_SOURCE",
     "POWERBI_RLS_ALLOWED_ROLES",
+    "POWERBI_CATALOG_TTL_SECONDS",
+    "POWERBI_CATALOG_REFRESH_SECONDS",
+    "POWERBI_CACHE_MAX_TOKENS",
 )
 SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
 
@@ -154,6 +157,10 @@ class Settings:
     rls_allowed_tenants: frozenset[str] | None = None
     rls_roles_source: Literal["setting", "principal"] = "setting"
     rls_allowed_roles: frozenset[str] = frozenset()
+    # Caches: the workspace catalog's life, how often an unknown id may re-read it, embed tokens kept.
+    catalog_ttl_seconds: float = 600.0
+    catalog_refresh_seconds: float = 60.0
+    cache_max_tokens: int = 10_000
 
     @property
     def authority(self) -> str:
@@ -361,6 +368,16 @@ class _Reader:
             "rls_allowed_roles": allowed_roles,
         }
 
+    def caches(self) -> dict[str, Any]:
+        ttl = self.number("POWERBI_CATALOG_TTL_SECONDS", 600, 1, 24 * 3600)
+        refresh = self.number("POWERBI_CATALOG_REFRESH_SECONDS", 60, 0, 24 * 3600)
+        max_tokens = self.number("POWERBI_CACHE_MAX_TOKENS", 10_000, 1, 10_000_000, int)
+        return {
+            "catalog_ttl_seconds": float(600 if ttl is None else ttl),
+            "catalog_refresh_seconds": float(60 if refresh is None else refresh),
+            "cache_max_tokens": int(10_000 if max_tokens is None else max_tokens),
+        }
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
@@ -427,6 +444,7 @@ class _Reader:
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
             **self.row_level_security(),
             **self.rls_principal(),
+            **self.caches(),
         )
         if self.problems:
             raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")

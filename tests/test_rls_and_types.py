@@ -244,8 +244,9 @@ def test_several_reports_under_one_token(call: Callable[..., Any], fake: FakeUps
     ]
     assert all(i["embedUrl"].startswith("https://app.powerbi.com/") for i in answer["items"])
     assert {"accessToken", "tokenType", "tokenId", "expiration"} <= answer.keys()
+    # The token's reports in a canonical order (one set, one token), the answer's in the order asked for.
     assert generate_bodies(fake) == [
-        {"reports": [{"id": REPORT_ID}, {"id": PAGINATED_REPORT_ID}], "datasets": [{"id": DATASET_ID}]}
+        {"reports": [{"id": PAGINATED_REPORT_ID}, {"id": REPORT_ID}], "datasets": [{"id": DATASET_ID}]}
     ]
 
 
