@@ -36,6 +36,7 @@ from emulator import (  # noqa: E402
     WORKSPACE_ID,
     FakeUpstream,
 )
+from emulator.entra import emulator_session  # noqa: E402
 from emulator.host import FunctionRoutes  # noqa: E402
 from shared.embed import EmbedService  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
         routes = FunctionRoutes(function_app.app)
         path = f"/api/embed/reports/{REPORT_ID}"
 
-        function_app.use_service(EmbedService.create(settings(fake)))
+        function_app.use_service(EmbedService.create(settings(fake), session=emulator_session(fake.base_url)))
         started = time.perf_counter()
         assert routes.dispatch("GET", path).status_code == 200
         cold = time.perf_counter() - started
@@ -98,7 +99,7 @@ def main() -> None:
         )
 
         fake.reset_records()
-        service = EmbedService.create(settings(fake))
+        service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
         barrier = threading.Barrier(32)
 
         def cold_request() -> None:

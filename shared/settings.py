@@ -84,6 +84,7 @@ SETTING_NAMES = (
     "POWERBI_RLS_ROLES",
     "POWERBI_RLS_CUSTOM_DATA_CLAIM",
     "POWERBI_ALLOW_EDIT",
+    "POWERBI_ERROR_DETAILS",
 )
 SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
 
@@ -141,6 +142,7 @@ class Settings:
     rls_roles: tuple[str, ...] = ()
     rls_custom_data_claim: str | None = None
     allow_edit: bool = False
+    error_details: bool = False  # detailed messages in error answers (see error_details())
 
     @property
     def authority(self) -> str:
@@ -170,6 +172,18 @@ def http_auth_level(env: Mapping[str, str]) -> str:
     """
     value = env.get("POWERBI_HTTP_AUTH_LEVEL", "").strip().lower()
     return value if value in HTTP_AUTH_LEVELS else "function"
+
+
+def error_details(env: Mapping[str, str]) -> bool:
+    """Whether error answers carry the detailed message: POWERBI_ERROR_DETAILS=true|false, else on only
+    in Development (Core Tools sets AZURE_FUNCTIONS_ENVIRONMENT=Development). Anything else: off.
+
+    A plain function too, because an answer for settings that cannot be read needs it.
+    """
+    value = (env.get("POWERBI_ERROR_DETAILS") or "").strip().lower()
+    if value in ("true", "false"):
+        return value == "true"
+    return (env.get("AZURE_FUNCTIONS_ENVIRONMENT") or "").strip().lower() == "development"
 
 
 class _Reader:
@@ -288,6 +302,12 @@ class _Reader:
             "allow_edit": allow_edit == "true",
         }
 
+    def error_answers(self) -> dict[str, Any]:
+        value = (self.text("POWERBI_ERROR_DETAILS") or "").lower()
+        if value not in ("", "true", "false"):
+            self.problems.append("POWERBI_ERROR_DETAILS must be true or false")
+        return {"error_details": error_details(self.env)}
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
@@ -359,7 +379,11 @@ class _Reader:
             min_token_minutes=int(minimum),
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
             **self.row_level_security(),
+            **self.error_answers(),
         )
         if self.problems:
-            raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")
+            raise ConfigurationError(
+                "The function is not configured correctly: " + "; ".join(self.problems) + ".",
+                problems=tuple(self.problems),
+            )
         return settings

@@ -17,13 +17,16 @@ from emulator import (
     WORKSPACE_ID,
     FakeUpstream,
 )
+from emulator.entra import emulator_session
 from shared import doctor
 from tests.conftest import PASSWORD, SECRET
 
 
-def run(env: dict[str, str], *argv: str) -> tuple[int, str]:
+def run(env: dict[str, str], *argv: str, authority: str | None = None) -> tuple[int, str]:
     out = io.StringIO()
-    status = doctor.main(list(argv), env, out)
+    authority = authority or env.get("POWERBI_AUTHORITY_HOST")
+    session = emulator_session(authority) if authority else None  # MSAL's user realm URL has no port
+    status = doctor.main(list(argv), env, out, session)
     return status, out.getvalue()
 
 
@@ -47,7 +50,7 @@ def test_settings_from_local_settings_json(fake: FakeUpstream, env: dict[str, st
     path = tmp_path / "local.settings.json"
     path.write_text(json.dumps({"IsEncrypted": False, "Values": env}))
 
-    status, text = run({}, "--settings", str(path))
+    status, text = run({}, "--settings", str(path), authority=fake.base_url)
 
     assert status == 0
     assert f"Settings (from {path})" in text
