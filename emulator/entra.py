@@ -464,6 +464,36 @@ def managed_identity(fake: FakeUpstream, request: Request, body: Any) -> Respons
     )
 
 
+# -- outages --------------------------------------------------------------------------------------------------
+
+TOKEN_PATH = "/oauth2/v2.0/token"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+def entra_unavailable(
+    fake: FakeUpstream,
+    *,
+    status: int = 503,
+    retry_after: str | None = None,
+    times: int = 1,
+    path: str = TOKEN_PATH,
+) -> None:
+    """Make Entra's token endpoint (or ``path``: the discovery document, the managed identity endpoint) answer
+    the next ``times`` requests with ``status`` (5xx or 429), with ``retry_after`` as given (a number, or
+    something malformed such as ``soon``), with OAuth's ``temporarily_unavailable`` JSON (App Service's
+    error shape for the managed identity endpoint)."""
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    if path == "/msi/token":
+        body: Any = {"statusCode": status, "message": "The service is unavailable.", "correlationId": str(uuid.uuid4())}
+    else:
+        body = {
+            "error": "temporarily_unavailable",
+            "error_description": "The server is temporarily unavailable or is throttling requests.",
+        }
+    method = "POST" if path == TOKEN_PATH else "GET"
+    fake.fault(method, path, status=status, headers=headers, body=body, times=times)
+
+
 # -- reaching the emulator from MSAL ------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 import msal
 import requests
 
@@ -51,10 +52,12 @@ _AADSTS = re.compile(r"AADSTS(\d+)")
 DEFAULT_RETRY_AFTER_SECONDS = 5
 # What MSAL raises, or lets through from our HTTP client, when a sign-in cannot be completed:
 # MsalServiceError for a 5xx, ValueError for an unreadable answer or unusable settings,
-# RuntimeError and requests' errors from OpenID discovery, and our own HttpClient failures.
+# RuntimeError and requests' errors from OpenID discovery, PyJWT's errors for a key it cannot
+# sign with, and our own HttpClient failures.
 _MSAL_FAILURES = (
     msal.exceptions.MsalServiceError,
     ValueError,
+    jwt.PyJWTError,
     RuntimeError,
     requests.RequestException,
     UpstreamUnreachable,
@@ -268,7 +271,7 @@ class EntraTokenProvider:
                     cause=f"OpenID configuration of {self.settings.authority} unavailable: HTTP {last.status} "
                     f"{name}" + (f" AADSTS{code}" if code else ""),
                 )
-        if isinstance(exc, ValueError):
+        if isinstance(exc, ValueError | jwt.PyJWTError):
             # Anything else MSAL refuses before it signs in: a certificate or key it cannot use, say.
             first_line = (str(exc).splitlines() or [""])[0][:200]
             return ConfigurationError(

@@ -86,8 +86,9 @@ def redact(text: str) -> str:
         for token in _by_prefix.get(run[:PREFIX], ()):
             if run.startswith(token):
                 return MASK + run[len(token) :]
-            if token.startswith(run):  # a token cut short is still a token
-                return MASK
+            core = run.rstrip(".")  # "abc..." : an ellipsis is not part of the token
+            if len(core) >= PREFIX and token.startswith(core):  # a token cut short is still a token
+                return MASK + run[len(core) :]
         return run
 
     return _RUN.sub(mask, text)
