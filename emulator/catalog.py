@@ -158,11 +158,13 @@ def workspace(catalog: dict[str, Any], group: str) -> dict[str, Any] | None:
     return next((ws for ws in catalog.get("workspaces", []) if same(ws["id"], group)), None)
 
 
-def items(ws: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    """A workspace's reports, dashboards or datasets (declared, then implied by its reports)."""
+def items(ws: dict[str, Any], kind: str, catalog: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A workspace's reports, dashboards or datasets (declared, then implied by its reports unless a workspace of
+    ``catalog`` declares them: a report may use a dataset of another workspace)."""
     found: list[dict[str, Any]] = list(ws.get(kind, []))
     if kind == "datasets":
-        declared = {d["id"].lower() for d in found}
+        others = (catalog or {}).get("workspaces", [])
+        declared = {d["id"].lower() for w in [ws, *others] for d in w.get("datasets", [])}
         implied = {r["datasetId"].lower(): r["datasetId"] for r in ws.get("reports", []) if "datasetId" in r}
         found += [{"id": i, "name": i} for key, i in implied.items() if key not in declared]
     return found
@@ -173,7 +175,7 @@ def find(catalog: dict[str, Any], kind: str, item_id: str, group: str | None = N
     for ws in catalog.get("workspaces", []):
         if group is not None and not same(ws["id"], group):
             continue
-        if (item := next((i for i in items(ws, kind) if same(i["id"], item_id)), None)) is not None:
+        if (item := next((i for i in items(ws, kind, catalog) if same(i["id"], item_id)), None)) is not None:
             return item | {"workspaceId": ws["id"]}
     return None
 

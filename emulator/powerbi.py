@@ -258,7 +258,7 @@ def group_items(fake: FakeUpstream, request: Request, body: Any, group: str, kin
     if isinstance(caller := _in_group(fake, request, group), Response):
         return caller
     ws = cat.workspace(fake.catalog, group) or {}
-    values = [_VIEWS[kind](fake, item, ws["id"]) for item in cat.items(ws, kind)]
+    values = [_VIEWS[kind](fake, item, ws["id"]) for item in cat.items(ws, kind, fake.catalog)]
     return _listing(f"groups/{ws['id']}/$metadata#{kind}", _page(request, values))
 
 

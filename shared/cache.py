@@ -1,10 +1,14 @@
 """Bounded caches with expiry, an optional second level, and one upstream call per key at a time.
 
-``TieredCache`` keeps at most ``maxsize`` values in process (cachetools' ``TLRUCache``: each value
-expires at its own time, and past the bound the least recently used goes first). An expired value
-is dropped, never served. Behind it an optional ``SharedStore`` (a second level shared between
-workers, such as Redis) may hold the same values as JSON-able dicts: a miss in process reads it,
-and a value made here is written to both. ``get_or_load`` adds the single-flight: concurrent misses
+``TieredCache`` keeps at most ``maxsize`` values in process (cachetools' ``LRUCache``: past the bound
+the least recently used goes first), each until its own expiry: an expired value is dropped when
+met, never served. (cachetools' ``TLRUCache`` would also drop expired values unasked, but its
+expiry heap keeps every evicted key until that key's expiry time comes up: under churn, such as a
+new user per request, that is more memory than the values themselves.)
+
+Behind it an optional ``SharedStore`` (a second level shared between workers, such as Redis) may
+hold the same values as JSON-able dicts: a miss in process reads it, and a value made here is
+written to both. ``get_or_load`` adds the single-flight: concurrent misses
 for one key wait for one load; with a ``FleetStore`` (a lock in the store), concurrent misses on
 other workers wait for that same load.
 """
@@ -18,7 +22,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import UpstreamTimeout
@@ -118,28 +122,33 @@ class TieredCache(Generic[K, V]):
         self._key_text = key_text
         # cachetools' caches are not thread-safe: the worker runs handlers on a thread pool.
         self._lock = threading.Lock()
-        self._values: TLRUCache[K, V] = TLRUCache(maxsize, self._ttu, timer=clock.now)
+        self._values: LRUCache[K, tuple[float, V]] = LRUCache(maxsize)
         self._flights: SingleFlight[K, V] = SingleFlight()
 
-    def _ttu(self, _key: K, value: V, _now: float) -> float:
-        return self._expires_at(value)
-
     def __len__(self) -> int:
+        """Values kept that have not expired (drops the expired: for tests and figures, not the hot path)."""
+        now = self._clock.now()
         with self._lock:
-            self._values.expire()
+            for key in [k for k, (expires, _) in self._values.items() if expires <= now]:
+                del self._values[key]
             return len(self._values)
 
     def local(self, key: K) -> V | None:
         """The value if it is in process and has not expired: no network call."""
         with self._lock:
-            return self._values.get(key)
+            entry = self._values.get(key)
+            if entry is not None and entry[0] <= self._clock.now():
+                del self._values[key]
+                entry = None
+        return entry[1] if entry is not None else None
 
     def get(self, key: K) -> V | None:
         """The value if it has not expired: in process, else from the shared store (kept in process too)."""
-        with self._lock:
-            value = self._values.get(key)
-        if value is not None or self._store is None or self._codec is None:
+        value = self.local(key)
+        if value is not None:
             return value
+        if self._store is None or self._codec is None:
+            return None
         data = self._store.get(f"{self.name}:{self._key_text(key)}")
         if data is None:
             return None
@@ -148,21 +157,23 @@ class TieredCache(Generic[K, V]):
         except (KeyError, TypeError, ValueError):
             logger.warning("cache %s: unreadable shared entry ignored", self.name)
             return None
-        if self._expires_at(value) <= self._clock.now():
+        expires = self._expires_at(value)
+        if expires <= self._clock.now():
             return None
         with self._lock:
-            self._values[key] = value
+            self._values[key] = (expires, value)
         return value
 
     def put(self, key: K, value: V) -> None:
         """Keep ``value`` (not at all if it has already expired), and share it when there is a store."""
-        ttl = self._expires_at(value) - self._clock.now()
+        expires = self._expires_at(value)
+        ttl = expires - self._clock.now()
         if ttl <= 0:
             with self._lock:
                 self._values.pop(key, None)
             return
         with self._lock:
-            self._values[key] = value
+            self._values[key] = (expires, value)
         if self._store is not None and self._codec is not None:
             self._store.put(f"{self.name}:{self._key_text(key)}", self._codec.to_json(value), ttl)
 

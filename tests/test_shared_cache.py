@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from emulator import CLIENT_ID, TENANT_ID, WORKSPACE_ID, FakeUpstream
+from emulator.entra import emulator_session
 from shared import doctor
 from shared.errors import ConfigurationError
 from shared.settings import Settings
@@ -358,7 +359,7 @@ def test_the_probe_checks_reachability_and_a_round_trip(redis_server: RedisServe
 def test_the_doctor_checks_the_shared_cache(fake: FakeUpstream, env: dict[str, str], redis_server: RedisServer) -> None:
     settings_env = {**env, "POWERBI_CACHE_URL": redis_server.url, "POWERBI_CACHE_ENCRYPTION_KEY": KEY}
     out = io.StringIO()
-    assert doctor.main([], settings_env, out) == 0
+    assert doctor.main([], settings_env, out, emulator_session(fake.base_url)) == 0
     text = out.getvalue()
     assert f"Shared cache (redis://127.0.0.1:{redis_server.port}, a password)" in text
     assert "ok    POWERBI_CACHE_ENCRYPTION_KEY: 32 bytes, AES-256-GCM" in text
@@ -373,7 +374,15 @@ def test_the_doctor_warns_of_a_refused_password_and_still_passes(
 ) -> None:
     wrong = redis_server.url.replace(REDIS_PASSWORD, "wrong-Pw-0000")
     out = io.StringIO()
-    assert doctor.main([], {**env, "POWERBI_CACHE_URL": wrong, "POWERBI_CACHE_ENCRYPTION_KEY": KEY}, out) == 0
+    assert (
+        doctor.main(
+            [],
+            {**env, "POWERBI_CACHE_URL": wrong, "POWERBI_CACHE_ENCRYPTION_KEY": KEY},
+            out,
+            emulator_session(fake.base_url),
+        )
+        == 0
+    )
     text = out.getvalue()
     assert "warn  Redis refused the credentials: check the password in POWERBI_CACHE_URL" in text
     assert "fix: the function still works, without the shared cache" in text
