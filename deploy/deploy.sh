@@ -14,15 +14,20 @@ readonly ROOT
 readonly RUNTIME_VERSION=3.11
 # The settings that are secrets (as in shared/settings.py); every other POWERBI_* variable
 # set here becomes a plain app setting.
-readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
+readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE POWERBI_CACHE_URL POWERBI_CACHE_ENCRYPTION_KEY)
 # The local emulator's port (make demo): a URL with it points at this machine, never at Azure.
 readonly EMULATOR_PORT=8443
 DRY_RUN=false
 DOCTOR=false
+REDIS=false
+# Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
+# more threads than the default min(32, CPUs + 4) (6 on 2 cores); 32 is the most the Python
+# worker allows. Measured: benchmarks/bench_fleet.py, README "Past one machine".
+readonly THREAD_COUNT=32
 
 usage() {
   cat <<'EOF'
-Usage: deploy/deploy.sh [--dry-run] [--doctor] [--resource-group NAME] [--location REGION]
+Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--resource-group NAME] [--location REGION]
                         [--app-name NAME] [--cors-origins LIST] [--key-vault-name NAME]
                         [--storage-account NAME]
 
@@ -58,6 +63,12 @@ Options:
   --dry-run   print every az command instead of running it; needs no secret and no sign-in
   --doctor    afterwards, check the deployed settings from here with python -m shared.doctor
               (needs the function's requirements installed)
+  --redis     also a shared cache for all instances: an Azure Managed Redis with Entra ID
+              authentication only (REDIS_NAME, default <APP_NAME>-redis; REDIS_SKU, default
+              Balanced_B0), an access policy assignment for the app's identity, a generated
+              encryption key in Key Vault, and POWERBI_CACHE_URL and
+              POWERBI_CACHE_ENCRYPTION_KEY as Key Vault references. Without it, no Redis
+              setting or resource is touched.
   -h, --help  this text
 EOF
 }
@@ -149,6 +160,7 @@ parse_args() {
       ;;
     --dry-run) DRY_RUN=true ;;
     --doctor) DOCTOR=true ;;
+    --redis) REDIS=true ;;
     --resource-group | --location | --app-name | --cors-origins | --key-vault-name | --storage-account)
       (($# >= 2)) || die "$1 needs a value"
       local variable=${1#--}
@@ -396,6 +408,7 @@ configure_app() {
     fi
     settings+=("$name=${!name}")
   done
+  settings+=("PYTHON_THREADPOOL_THREAD_COUNT=$THREAD_COUNT")
   # --output none: the command would otherwise print every setting, storage keys included.
   az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
     --settings "${settings[@]}" "${SECRET_REFERENCES[@]}" --output none
@@ -466,6 +479,61 @@ run_doctor() {
   ) || die "the doctor found a problem: see its checklist above (the deployment itself is done)"
 }
 
+# --- --redis: the shared cache --------------------------------------------------------------
+# Azure Managed Redis (az redisenterprise), reached over TLS on port 10000 with Entra ID only
+# (access keys off): the function signs in with its managed identity, so the URL holds no
+# password. The encryption key is made once and kept in Key Vault; a later run reuses it.
+create_redis() {
+  local name=${REDIS_NAME:-${APP_NAME,,}-redis} host assigned assignment file
+  [[ $name =~ ^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$ && ${#name} -le 60 ]] ||
+    die "REDIS_NAME '$name' must be 1-60 letters, digits and single hyphens"
+  ensure "managed redis $name" redisenterprise show --name "$name" --resource-group "$RESOURCE_GROUP" -- \
+    redisenterprise create --name "$name" --resource-group "$RESOURCE_GROUP" --location "$LOCATION" \
+    --sku "${REDIS_SKU:-Balanced_B0}" --public-network-access Enabled --minimum-tls-version 1.2 \
+    --client-protocol Encrypted --port 10000 --clustering-policy EnterpriseCluster \
+    --eviction-policy VolatileLRU --access-keys-auth Disabled
+  assigned=$(az_get '' redisenterprise database access-policy-assignment list --cluster-name "$name" \
+    --resource-group "$RESOURCE_GROUP" --database-name default --query '[].user.objectId' --output tsv)
+  if grep -qixF -- "$APP_IDENTITY" <<<"$assigned"; then
+    say "function app's access to $name: yes"
+  else
+    assignment="app${APP_IDENTITY//-/}" # the CLI takes letters and digits only here
+    with_retries az_do redisenterprise database access-policy-assignment create --cluster-name "$name" \
+      --resource-group "$RESOURCE_GROUP" --database-name default --access-policy-assignment-name "${assignment:0:60}" \
+      --access-policy-name default --object-id "$APP_IDENTITY" --output none ||
+      die "could not give the function app access to $name"
+    say "function app's access to $name: granted (access policy 'default')"
+  fi
+  host=$(az_get "$name.$LOCATION.redis.azure.net" redisenterprise show --name "$name" \
+    --resource-group "$RESOURCE_GROUP" --query hostName --output tsv)
+  file="$WORK/powerbi-cache-url"
+  $DRY_RUN || printf 'rediss://%s:10000' "$host" >"$file"
+  store_file_secret POWERBI_CACHE_URL "$file"
+  if exists keyvault secret show --vault-name "$KEY_VAULT_NAME" --name "$(secret_name POWERBI_CACHE_ENCRYPTION_KEY)"; then
+    say "secret POWERBI_CACHE_ENCRYPTION_KEY: exists in $KEY_VAULT_NAME, reused"
+    add_reference POWERBI_CACHE_ENCRYPTION_KEY
+  else
+    file="$WORK/powerbi-cache-encryption-key"
+    # 32 random bytes, base64, straight into a 0600 file: the key is on no command line.
+    $DRY_RUN || head -c 32 /dev/urandom | base64 | tr -d '\n' >"$file"
+    store_file_secret POWERBI_CACHE_ENCRYPTION_KEY "$file"
+  fi
+}
+
+# `store_file_secret SETTING FILE`: the file's content into Key Vault, the file deleted, a reference kept.
+store_file_secret() {
+  local name=$1 file=$2
+  with_retries az_do keyvault secret set --vault-name "$KEY_VAULT_NAME" --name "$(secret_name "$name")" \
+    --file "$file" --encoding utf-8 --output none || die "could not store $name in key vault $KEY_VAULT_NAME"
+  rm -f "$file"
+  add_reference "$name"
+  say "secret $name: stored in $KEY_VAULT_NAME"
+}
+
+add_reference() {
+  SECRET_REFERENCES+=("$1=@Microsoft.KeyVault(SecretUri=https://$KEY_VAULT_NAME.vault.azure.net/secrets/$(secret_name "$1")/)")
+}
+
 main() {
   parse_args "$@"
   check_inputs
@@ -482,11 +550,12 @@ main() {
   deployer_identity
   create_app
   SECRET_REFERENCES=()
-  if ((${#SECRETS[@]})); then
+  if ((${#SECRETS[@]})) || $REDIS; then
     create_vault
   else
     say "no secret in $AUTH_MODE mode: no key vault needed"
   fi
+  if $REDIS; then create_redis; fi
   configure_app
   deploy_code
   summary

@@ -8,8 +8,9 @@ new user per request, that is more memory than the values themselves.)
 
 Behind it an optional ``SharedStore`` (a second level shared between workers, such as Redis) may
 hold the same values as JSON-able dicts: a miss in process reads it, and a value made here is
-written to both. ``get_or_load`` adds the single-flight: concurrent misses
-for one key wait for one load.
+written to both. ``get_or_load`` adds the single-flight: concurrent misses for one key wait for
+one load; with a ``FleetStore`` (a lock in the store), concurrent misses on other workers wait for
+that same load.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from cachetools import LRUCache
 
@@ -42,6 +43,18 @@ class SharedStore(Protocol):
     def get(self, key: str) -> dict[str, Any] | None: ...
 
     def put(self, key: str, value: dict[str, Any], ttl_seconds: float) -> None: ...
+
+
+@runtime_checkable
+class FleetStore(SharedStore, Protocol):
+    """A shared store that can also make one load for every worker at once (a lock in the store)."""
+
+    def load_once(
+        self, key: str, load: Callable[[], V], read: Callable[[], V | None], remaining: Callable[[], float]
+    ) -> V:
+        """``load()`` if this worker gets the store's lock for ``key``, else what another worker's load
+        shared (``read()``), waiting for it within ``remaining()``; never raises for the store's sake."""
+        ...
 
 
 class Codec(Protocol[V]):
@@ -120,15 +133,22 @@ class TieredCache(Generic[K, V]):
                 del self._values[key]
             return len(self._values)
 
-    def get(self, key: K) -> V | None:
-        """The value if it has not expired: in process, else from the shared store (kept in process too)."""
+    def local(self, key: K) -> V | None:
+        """The value if it is in process and has not expired (an expired one is dropped): no network call."""
         with self._lock:
             entry = self._values.get(key)
-            if entry is not None and entry[0] <= self._clock.now():
+            if entry is None:
+                return None
+            if entry[0] <= self._clock.now():
                 del self._values[key]
-                entry = None
-        if entry is not None:
+                return None
             return entry[1]
+
+    def get(self, key: K) -> V | None:
+        """The value if it has not expired: in process, else from the shared store (kept in process too)."""
+        value = self.local(key)
+        if value is not None:
+            return value
         if self._store is None or self._codec is None:
             return None
         data = self._store.get(f"{self.name}:{self._key_text(key)}")
@@ -164,19 +184,40 @@ class TieredCache(Generic[K, V]):
             self._values.pop(key, None)
 
     def get_or_load(self, key: K, load: Callable[[], V], timeout: Callable[[], float]) -> tuple[V, str]:
-        """The cached value, or one load shared by concurrent callers: (value, "hit" | "miss" | "shared")."""
-        value = self.get(key)
+        """The cached value, or one load shared by concurrent callers.
+
+        (value, outcome): "hit" (in process), "l2" (from the shared store, or another worker's load),
+        "miss" (loaded here), or "shared" (another request's load in this process).
+        """
+        value = self.local(key)
         if value is not None:
             return value, "hit"
+        outcome = ["l2"]  # unless found in process or loaded here, below
 
         def work() -> V:
-            # A flight that ended just before this one started may have filled the cache.
+            # A flight that ended just before this one started may have filled the cache; the shared
+            # store is read here, by the one caller in flight, not by every concurrent miss.
+            cached = self.local(key)
+            if cached is not None:
+                outcome[0] = "hit"
+                return cached
             cached = self.get(key)
             if cached is not None:
                 return cached
-            loaded = load()
-            self.put(key, loaded)
-            return loaded
+
+            def load_and_put() -> V:
+                loaded = load()
+                outcome[0] = "miss"
+                self.put(key, loaded)
+                return loaded
+
+            if isinstance(self._store, FleetStore):
+                # Other workers missing this key now wait for this one load instead of making their own.
+                shared = self._store.load_once(
+                    f"{self.name}:{self._key_text(key)}", load_and_put, lambda: self.get(key), timeout
+                )
+                return shared
+            return load_and_put()
 
         value, leader = self._flights.run(key, work, timeout)
-        return value, "miss" if leader else "shared"
+        return value, outcome[0] if leader else "shared"

@@ -181,7 +181,7 @@ class Catalog:
         return found
 
     def _listing(self, bearer: Bearer, key: ListingKey, newer_than: float | None = None) -> Listing:
-        listing = self._listings.get(key)
+        listing = self._listings.local(key)  # the shared store, if any, is read in the flight below
         if listing is not None and (newer_than is None or listing.read_at > newer_than):
             return listing
 

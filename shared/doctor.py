@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -121,6 +122,30 @@ def check_settings(loaded: Loaded, report: Report, listing: bool = False) -> Set
         return None
     report.ok(f"complete: {settings.auth_mode} ({settings.client_type}), cloud {settings.cloud}")
     return settings
+
+
+def check_shared_cache(settings: Settings, report: Report) -> None:
+    """The shared cache (POWERBI_CACHE_URL): warnings only, since the function works without it."""
+    config = settings.shared_cache
+    if config is None:
+        return
+    from shared.shared_cache import SharedCache
+
+    where = urlsplit(config.url)
+    auth = "Entra ID (the app's managed identity)" if config.uses_entra else "a password"
+    report.section(f"Shared cache ({where.scheme}://{where.hostname}:{where.port or 6379}, {auth})")
+    report.ok(f"POWERBI_CACHE_ENCRYPTION_KEY: {len(config.encryption_key)} bytes, AES-256-GCM")
+    cache = SharedCache.create(settings)
+    assert cache is not None
+    probe = cache.probe()
+    for ok, text in probe.lines:
+        if ok:
+            report.ok(text)
+        else:
+            report.warn(
+                text,
+                "the function still works, without the shared cache: each instance calls Power BI for itself",
+            )
 
 
 def identity(settings: Settings) -> str:
@@ -298,6 +323,7 @@ def main(
     settings = check_settings(loaded, report, listing=args.list)
     ok = False
     if settings is not None:
+        check_shared_cache(settings, report)
         service = EmbedService.create(settings, session=session)
         with call_context(Deadline.after(SYSTEM_CLOCK, DEADLINE_SECONDS)):
             token = check_sign_in(service, report)

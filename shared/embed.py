@@ -36,6 +36,7 @@ from shared.http import HttpClient, call_context
 from shared.identity import Identity
 from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
 from shared.settings import Settings, parse_guid
+from shared.shared_cache import RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,12 @@ class EmbedService:
         session: requests.Session | None = None,
         store: SharedStore | None = None,
     ) -> EmbedService:
-        """The service with its collaborators: one HTTP session and one MSAL application."""
+        """The service with its collaborators: one HTTP session and one MSAL application.
+
+        Without a ``store``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
+        """
+        if store is None:
+            store = RedisStore.create(settings, clock)
         http = HttpClient(session, clock)
         return cls(
             settings,

@@ -7,6 +7,8 @@ what is wrong with it; a value is never shown, since many are secrets.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import uuid
 from collections.abc import Mapping
@@ -93,8 +95,21 @@ SETTING_NAMES = (
     "POWERBI_CATALOG_REFRESH_SECONDS",
     "POWERBI_CACHE_MAX_TOKENS",
     "POWERBI_ERROR_DETAILS",
+    # The shared cache (Redis)
+    "POWERBI_CACHE_URL",
+    "POWERBI_CACHE_ENCRYPTION_KEY",
+    "POWERBI_CACHE_TIMEOUT_MS",
+    "POWERBI_CACHE_BREAKER_SECONDS",
 )
-SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
+SECRET_SETTINGS = frozenset(
+    {
+        "POWERBI_CLIENT_SECRET",
+        "POWERBI_CLIENT_CERTIFICATE",
+        "POWERBI_PASSWORD",
+        "POWERBI_CACHE_URL",  # may carry the Redis password
+        "POWERBI_CACHE_ENCRYPTION_KEY",
+    }
+)
 
 # App Service / Functions leave a Key Vault reference in place, literally, when it
 # cannot resolve it. Such a value must never be used as a password or secret.
@@ -124,6 +139,21 @@ class Certificate:
 
     private_key: str = field(repr=False)
     certificate: str
+
+
+@dataclass(frozen=True)
+class SharedCacheSettings:
+    """Where the shared cache (Redis) is and how its entries are sealed: POWERBI_CACHE_*."""
+
+    url: str = field(repr=False)  # may hold a password
+    encryption_key: bytes = field(repr=False)  # 32 bytes: AES-256-GCM
+    timeout_seconds: float = 0.1
+    breaker_seconds: float = 30.0  # how long Redis is left alone after it failed
+
+    @property
+    def uses_entra(self) -> bool:
+        """No password in the URL: sign in to Redis with the app's managed identity (Entra ID)."""
+        return urlsplit(self.url).password is None
 
 
 @dataclass(frozen=True)
@@ -163,6 +193,7 @@ class Settings:
     catalog_refresh_seconds: float = 60.0
     cache_max_tokens: int = 10_000
     error_details: bool = False  # detailed messages in error answers (see error_details())
+    shared_cache: SharedCacheSettings | None = None
 
     @property
     def authority(self) -> str:
@@ -398,6 +429,46 @@ class _Reader:
             self.problems.append("POWERBI_ERROR_DETAILS must be true or false")
         return {"error_details": error_details(self.env)}
 
+    def shared_cache(self) -> dict[str, Any]:
+        """POWERBI_CACHE_URL, _ENCRYPTION_KEY, _TIMEOUT_MS, _BREAKER_SECONDS; unset URL: no shared cache."""
+        url = self.text("POWERBI_CACHE_URL")
+        raw_key = self.text("POWERBI_CACHE_ENCRYPTION_KEY")
+        timeout_ms = self.number("POWERBI_CACHE_TIMEOUT_MS", 100, 10, 5000, int) or 100
+        breaker = self.number("POWERBI_CACHE_BREAKER_SECONDS", 30, 0, 3600, int)
+        if url is None:
+            return {}
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if (
+            parts.scheme not in ("redis", "rediss")
+            or not parts.hostname
+            or not port_ok
+            or not re.fullmatch(r"/?\d{0,2}", parts.path)
+            or parts.query
+            or parts.fragment
+        ):
+            self.problems.append("POWERBI_CACHE_URL must be redis:// or rediss://host:port[/db]")
+        key = None
+        if raw_key is None:
+            self.problems.append("POWERBI_CACHE_ENCRYPTION_KEY is required when POWERBI_CACHE_URL is set")
+        else:
+            try:
+                key = base64.b64decode(raw_key, validate=True)
+            except (binascii.Error, ValueError):
+                key = None
+            if key is None or len(key) != 32:
+                self.problems.append(
+                    "POWERBI_CACHE_ENCRYPTION_KEY must be 32 random bytes in base64 (44 characters), e.g. from "
+                    'python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())"'
+                )
+                key = None
+        if key is None:
+            return {}
+        return {"shared_cache": SharedCacheSettings(url, key, timeout_ms / 1000, breaker or 0.0)}
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
@@ -466,6 +537,7 @@ class _Reader:
             **self.rls_principal(),
             **self.caches(),
             **self.error_answers(),
+            **self.shared_cache(),
         )
         if self.problems:
             raise ConfigurationError(

@@ -17,10 +17,12 @@ from emulator.host import FunctionRoutes
 from shared.embed import EmbedService
 from shared.errors import ConfigurationError
 from shared.settings import Settings
+from tests.redis_server import RedisServer
 
 # Distinctive values, searched for in every captured log line.
 SECRET = "S3cret-client-Q9xv7"
 PASSWORD = "P4ssword-master-Z8kw2"
+REDIS_PASSWORD = "R3dis-pass-K7mq4"
 
 
 class FakeClock:
@@ -127,3 +129,14 @@ def call(
         return routes.dispatch("GET", path, params, headers)
 
     return get
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own (skips, with the install command, without one).
+
+    It has a password: a URL without one means Entra ID sign-in, as with Azure Managed Redis.
+    """
+    server = RedisServer(tmp_path, password=REDIS_PASSWORD).start()
+    yield server
+    server.stop()
