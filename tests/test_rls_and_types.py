@@ -25,8 +25,8 @@ from emulator import (
     FakeUpstream,
 )
 
-ALICE = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"}
-BOB = {"X-MS-CLIENT-PRINCIPAL-NAME": "bob@contoso.com"}
+ALICE = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
+BOB = {"X-MS-CLIENT-PRINCIPAL-NAME": "bob@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
 
 def body(response: Any) -> dict[str, Any]:
@@ -144,8 +144,8 @@ def test_username_and_custom_data_from_claims(
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
-        ({"X-MS-CLIENT-PRINCIPAL-NAME": "alice smith@contoso.com"}, 400),
-        ({"X-MS-CLIENT-PRINCIPAL-NAME": "a" * 257}, 400),
+        ({"X-MS-CLIENT-PRINCIPAL-NAME": "alice smith@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}, 400),
+        ({"X-MS-CLIENT-PRINCIPAL-NAME": "a" * 257, "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}, 400),
         ({"X-MS-CLIENT-PRINCIPAL": "not base64 json!"}, 401),
     ],
 )
