@@ -54,6 +54,7 @@ from emulator import (  # noqa: E402  # noqa: E402
     FakeUpstream,
 )
 from emulator import catalog as cat  # noqa: E402
+from emulator.entra import emulator_session  # noqa: E402
 from emulator.host import FunctionRoutes  # noqa: E402
 from shared.embed import EmbedService  # noqa: E402
 from shared.errors import NotFound  # noqa: E402
@@ -121,7 +122,7 @@ def main() -> None:
         routes = FunctionRoutes(function_app.app)
         path = f"/api/embed/reports/{REPORT_ID}"
 
-        function_app.use_service(EmbedService.create(settings(fake)))
+        function_app.use_service(EmbedService.create(settings(fake), session=emulator_session(fake.base_url)))
         started = time.perf_counter()
         assert routes.dispatch("GET", path).status_code == 200
         cold = time.perf_counter() - started
@@ -139,7 +140,7 @@ def main() -> None:
         )
 
         fake.reset_records()
-        service = EmbedService.create(settings(fake))
+        service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
         barrier = threading.Barrier(32)
 
         def cold_request() -> None:

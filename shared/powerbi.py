@@ -25,6 +25,7 @@ import requests
 from shared.entra import AccessToken
 from shared.errors import EmbedError, NotFound, PowerBIRefused, Throttled, Upstream
 from shared.http import HttpClient
+from shared.redact import register_secret
 from shared.settings import parse_guid
 
 logger = logging.getLogger(__name__)
@@ -302,6 +303,7 @@ class PowerBIClient:
         body, path = self._token_body(request)
         what = ", ".join(f"{item.kind} {item.id}" for item in request.items) or "report creation"
         answer = self._call(access_token, "POST", path, what=what, json=body)
+        register_secret(answer.get("token"))  # an embed token never reaches a log line
         try:
             return EmbedToken(
                 answer["token"],

@@ -92,6 +92,7 @@ SETTING_NAMES = (
     "POWERBI_CATALOG_TTL_SECONDS",
     "POWERBI_CATALOG_REFRESH_SECONDS",
     "POWERBI_CACHE_MAX_TOKENS",
+    "POWERBI_ERROR_DETAILS",
 )
 SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
 
@@ -161,6 +162,7 @@ class Settings:
     catalog_ttl_seconds: float = 600.0
     catalog_refresh_seconds: float = 60.0
     cache_max_tokens: int = 10_000
+    error_details: bool = False  # detailed messages in error answers (see error_details())
 
     @property
     def authority(self) -> str:
@@ -190,6 +192,18 @@ def http_auth_level(env: Mapping[str, str]) -> str:
     """
     value = env.get("POWERBI_HTTP_AUTH_LEVEL", "").strip().lower()
     return value if value in HTTP_AUTH_LEVELS else "function"
+
+
+def error_details(env: Mapping[str, str]) -> bool:
+    """Whether error answers carry the detailed message: POWERBI_ERROR_DETAILS=true|false, else on only
+    in Development (Core Tools sets AZURE_FUNCTIONS_ENVIRONMENT=Development). Anything else: off.
+
+    A plain function too, because an answer for settings that cannot be read needs it.
+    """
+    value = (env.get("POWERBI_ERROR_DETAILS") or "").strip().lower()
+    if value in ("true", "false"):
+        return value == "true"
+    return (env.get("AZURE_FUNCTIONS_ENVIRONMENT") or "").strip().lower() == "development"
 
 
 class _Reader:
@@ -378,6 +392,12 @@ class _Reader:
             "cache_max_tokens": int(10_000 if max_tokens is None else max_tokens),
         }
 
+    def error_answers(self) -> dict[str, Any]:
+        value = (self.text("POWERBI_ERROR_DETAILS") or "").lower()
+        if value not in ("", "true", "false"):
+            self.problems.append("POWERBI_ERROR_DETAILS must be true or false")
+        return {"error_details": error_details(self.env)}
+
     def settings(self) -> Settings:
         env = self.env
         mode = self.text("POWERBI_AUTH_MODE", "MasterUser") or "MasterUser"
@@ -445,7 +465,11 @@ class _Reader:
             **self.row_level_security(),
             **self.rls_principal(),
             **self.caches(),
+            **self.error_answers(),
         )
         if self.problems:
-            raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")
+            raise ConfigurationError(
+                "The function is not configured correctly: " + "; ".join(self.problems) + ".",
+                problems=tuple(self.problems),
+            )
         return settings

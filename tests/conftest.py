@@ -12,6 +12,7 @@ import pytest
 
 import function_app
 from emulator import CLIENT_ID, TENANT_ID, USERNAME, WORKSPACE_ID, FakeUpstream
+from emulator.entra import emulator_session
 from emulator.host import FunctionRoutes
 from shared.embed import EmbedService
 from shared.errors import ConfigurationError
@@ -81,13 +82,18 @@ def env(fake: FakeUpstream) -> dict[str, str]:
         "POWERBI_AUTHORITY_HOST": fake.base_url,
         "POWERBI_API_URL": fake.base_url,
         "POWERBI_WORKSPACE_ID": WORKSPACE_ID,
+        # The tests read the detailed messages; tests/test_disclosure.py checks production answers.
+        "POWERBI_ERROR_DETAILS": "true",
     }
 
 
 @pytest.fixture
-def make_service(clock: FakeClock) -> Callable[[dict[str, str]], EmbedService]:
+def make_service(clock: FakeClock, fake: FakeUpstream) -> Callable[[dict[str, str]], EmbedService]:
     def make(settings_env: dict[str, str]) -> EmbedService:
-        return EmbedService.create(Settings.from_env(settings_env), clock=clock)
+        # emulator_session: MSAL's port-less user-realm URL reaches the fake's port.
+        return EmbedService.create(
+            Settings.from_env(settings_env), clock=clock, session=emulator_session(fake.base_url)
+        )
 
     return make
 

@@ -24,6 +24,7 @@ import pytest
 
 import function_app
 from emulator import REPORT_ID, FakeUpstream
+from emulator.entra import emulator_session
 from emulator.host import Cors, FunctionRoutes, LocalHost
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
@@ -134,9 +135,11 @@ def api(fake: FakeUpstream, env: dict[str, str], web: str, monkeypatch: pytest.M
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     function_app.use_service(None)  # built from the environment by the first request
+    function_app.use_session(emulator_session(fake.base_url))  # as the local host does for the emulator
     with LocalHost(FunctionRoutes(function_app.app, keys={KEY}), cors=Cors((web,))) as host:
         yield f"{host.url}/api"
     function_app.use_service(None)
+    function_app.use_session(None)
 
 
 @pytest.fixture

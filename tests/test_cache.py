@@ -12,6 +12,7 @@ import pytest
 
 from emulator import DATASET_ID, PAGINATED_REPORT_ID, REPORT_ID, RLS_REPORT_ID, WORKSPACE_ID, FakeUpstream
 from emulator import catalog as cat
+from emulator.entra import emulator_session
 from shared.cache import TieredCache
 from shared.embed import EmbedService
 from shared.errors import NotFound
@@ -158,7 +159,7 @@ def test_a_shared_store_serves_a_second_worker_without_upstream_calls(
 ) -> None:
     store = DictStore()
     settings = Settings.from_env(env)
-    one = EmbedService.create(settings, clock=clock, store=store)
+    one = EmbedService.create(settings, clock=clock, session=emulator_session(fake.base_url), store=store)
     first = one.embed("report", REPORT_ID)
     upstream = len(fake.requests)
     assert any(k.startswith("embed:") for k in store.values)
@@ -166,7 +167,9 @@ def test_a_shared_store_serves_a_second_worker_without_upstream_calls(
     embed_ttl = next(t for k, t in store.ttls.items() if k.startswith("embed:"))
     assert 49 * 60 < embed_ttl <= 50 * 60  # the token's life less the minimum handed out
 
-    two = EmbedService.create(settings, clock=clock, store=store)  # another worker, same shared store
+    two = EmbedService.create(
+        settings, clock=clock, session=emulator_session(fake.base_url), store=store
+    )  # another worker, same shared store
     second = two.embed("report", REPORT_ID)
     unknown = "00000000-0000-4000-8000-00000000abcd"
     with pytest.raises(NotFound):

@@ -17,13 +17,16 @@ from emulator import (
     WORKSPACE_ID,
     FakeUpstream,
 )
+from emulator.entra import emulator_session
 from shared import doctor
 from tests.conftest import PASSWORD, SECRET
 
 
-def run(env: dict[str, str], *argv: str) -> tuple[int, str]:
+def run(env: dict[str, str], *argv: str, authority: str | None = None) -> tuple[int, str]:
     out = io.StringIO()
-    status = doctor.main(list(argv), env, out)
+    authority = authority or env.get("POWERBI_AUTHORITY_HOST")
+    session = emulator_session(authority) if authority else None  # MSAL's user realm URL has no port
+    status = doctor.main(list(argv), env, out, session)
     return status, out.getvalue()
 
 
@@ -47,7 +50,7 @@ def test_settings_from_local_settings_json(fake: FakeUpstream, env: dict[str, st
     path = tmp_path / "local.settings.json"
     path.write_text(json.dumps({"IsEncrypted": False, "Values": env}))
 
-    status, text = run({}, "--settings", str(path))
+    status, text = run({}, "--settings", str(path), authority=fake.base_url)
 
     assert status == 0
     assert f"Settings (from the environment, then {path})" in text
@@ -164,7 +167,7 @@ def test_the_environment_wins_over_local_settings_json_and_each_value_says_where
     path.write_text(json.dumps({"IsEncrypted": False, "Values": in_file}))
     environment = {"POWERBI_WORKSPACE_ID": WORKSPACE_ID, "POWERBI_ALLOW_EDIT": "false"}
 
-    status, text = run(environment, "--settings", str(path))
+    status, text = run(environment, "--settings", str(path), authority=env["POWERBI_AUTHORITY_HOST"])
 
     assert status == 0  # the file's bad workspace id is not what the function would run with
     assert f"Settings (from the environment, then {path})" in text
@@ -181,7 +184,7 @@ def test_an_empty_environment_variable_does_not_hide_the_files_value(
     path = tmp_path / "local.settings.json"
     path.write_text(json.dumps({"Values": env}))
 
-    status, text = run({"POWERBI_WORKSPACE_ID": ""}, "--settings", str(path))
+    status, text = run({"POWERBI_WORKSPACE_ID": ""}, "--settings", str(path), authority=env["POWERBI_AUTHORITY_HOST"])
 
     assert status == 0
     assert f"POWERBI_WORKSPACE_ID = {WORKSPACE_ID}  (from {path})" in text

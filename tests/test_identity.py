@@ -251,3 +251,16 @@ def test_the_cache_key_holds_the_roles_sent(
 
     assert first == same != other
     assert [i[0]["roles"] for i in sent_identities(fake)] == [["Region"], ["Manager", "Region"]]
+
+
+def test_the_log_line_says_why_a_principal_was_refused(
+    call: Callable[..., Any], fake: FakeUpstream, rls: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    rls["POWERBI_RLS_ALLOWED_TENANTS"] = TENANT
+
+    call(RLS, swa(provider="github"))
+    call(RLS, app_service(claims=[("tid", OTHER_TENANT)]))
+
+    logged = [r.getMessage() for r in caplog.records if r.name == "shared.responses"]
+    assert "principal of provider github refused: POWERBI_RLS_IDENTITY_PROVIDER is aad" in logged[0]
+    assert "its tid is not in POWERBI_RLS_ALLOWED_TENANTS" in logged[1]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +247,15 @@ def test_a_managed_identity_refuses_a_tenant_alias(tenant: str) -> None:
 
 def test_a_master_user_may_sign_in_through_organizations() -> None:
     assert Settings.from_env({**MASTER_USER, "POWERBI_TENANT_ID": "organizations"}).tenant_id == "organizations"
+
+
+def test_health_names_a_setting_that_cannot_work(call: Callable[..., Any], env: dict[str, str]) -> None:
+    env["POWERBI_MIN_TOKEN_MINUTES"] = "60"
+    env["POWERBI_ERROR_DETAILS"] = "true"  # in production /api/health says only "misconfigured"
+
+    response = call("/api/health")
+
+    assert response.status_code == 500
+    answer = json.loads(response.get_body())
+    assert answer["status"] == "misconfigured"
+    assert "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30" in answer["problems"]
