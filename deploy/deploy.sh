@@ -15,6 +15,8 @@ readonly RUNTIME_VERSION=3.11
 # The settings that are secrets (as in shared/settings.py); every other POWERBI_* variable
 # set here becomes a plain app setting.
 readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
+# The local emulator's port (make demo): a URL with it points at this machine, never at Azure.
+readonly EMULATOR_PORT=8443
 DRY_RUN=false
 DOCTOR=false
 
@@ -39,7 +41,11 @@ Inputs are environment variables (the flags above set the first six):
   KEY_VAULT_NAME      optional; default <APP_NAME>-kv (3-24 letters, digits, hyphens)
   STORAGE_ACCOUNT     optional; default <app name letters and digits>st (3-24 lowercase, digits)
   POWERBI_*           the function's settings (see README): each one set becomes an app
-                      setting; unset ones are left as they are in Azure
+                      setting; unset ones are left as they are in Azure. Skipped, with a
+                      note: a name the function does not read, a ..._PATH (a file here; a
+                      certificate file goes to Key Vault instead) and a loopback or
+                      emulator URL (localhost, 127.0.0.1, port 8443).
+                      POWERBI_RLS_USERNAME_SOURCE=principal also turns on CORS credentials.
 Secrets, stored in Key Vault, never as plain app settings:
   POWERBI_PASSWORD            MasterUser mode: required
   POWERBI_CLIENT_SECRET       ServicePrincipal mode: required unless a certificate is given
@@ -196,6 +202,12 @@ derive_names() {
     die "KEY_VAULT_NAME '$KEY_VAULT_NAME' must be 3-24 letters, digits and single hyphens, starting with a letter"
 }
 
+# Row-level security from the signed-in user (App Service Authentication's principal)?
+rls_from_principal() {
+  local source=${POWERBI_RLS_USERNAME_SOURCE:-none}
+  [[ ${source,,} == principal ]]
+}
+
 # Browsers send an Origin of scheme://host[:port]; anything else would never match.
 parse_origins() {
   local raw origin
@@ -208,6 +220,8 @@ parse_origins() {
     if [[ $origin == '*' ]]; then
       [[ ${ALLOW_ANY_ORIGIN:-false} == true ]] ||
         die "CORS_ORIGINS='*' lets every website call the function; set ALLOW_ANY_ORIGIN=true if that is really meant"
+      ! rls_from_principal ||
+        die "CORS_ORIGINS='*' cannot carry the sign-in cookie POWERBI_RLS_USERNAME_SOURCE=principal needs: name the origins"
     elif [[ ! $origin =~ ^https?://[A-Za-z0-9.-]+(:[0-9]+)?$ ]]; then
       die "CORS_ORIGINS: '$origin' is not an origin (scheme://host[:port], no path), e.g. https://www.contoso.com"
     fi
@@ -336,10 +350,51 @@ store_secrets() {
   done
 }
 
+# The settings the function reads (SETTING_NAMES in shared/settings.py, which imports nothing
+# but the standard library): only these become app settings.
+read_setting_names() {
+  local names
+  names=$(PYTHONPATH=$ROOT "${PYTHON:-python3}" -c 'from shared.settings import SETTING_NAMES; print(*SETTING_NAMES)') ||
+    die "could not read the setting names from shared/settings.py"
+  read -ra SETTING_NAMES <<<"$names"
+  ((${#SETTING_NAMES[@]})) || die "shared/settings.py names no setting"
+}
+
+# A certificate file on this machine cannot be read in Azure: its PEM goes to Key Vault as
+# POWERBI_CLIENT_CERTIFICATE instead, and the path is not set (configure_app skips it).
+load_certificate_file() {
+  local path=${POWERBI_CLIENT_CERTIFICATE_PATH:-}
+  [[ -n $path ]] || return 0
+  [[ -z ${POWERBI_CLIENT_CERTIFICATE:-} ]] ||
+    die "set POWERBI_CLIENT_CERTIFICATE or POWERBI_CLIENT_CERTIFICATE_PATH, not both"
+  [[ -f $path && -r $path ]] || die "POWERBI_CLIENT_CERTIFICATE_PATH names a file that cannot be read"
+  POWERBI_CLIENT_CERTIFICATE=$(<"$path")
+  say "POWERBI_CLIENT_CERTIFICATE_PATH: a file on this machine; its certificate goes to Key Vault as POWERBI_CLIENT_CERTIFICATE"
+}
+
+# Why a value set here cannot work as an app setting in Azure, or nothing if it can.
+unusable_in_azure() {
+  local name=$1 value=${2,,}
+  if [[ " ${SETTING_NAMES[*]} " != *" $name "* ]]; then
+    printf 'not a setting of the function'
+  elif [[ $name == *_PATH ]]; then
+    printf 'a path to a file on this machine'
+  elif [[ $value =~ ^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\]|0\.0\.0\.0)([:/]|$) ||
+    $value =~ ^[a-z][a-z0-9+.-]*://[^/]*:${EMULATOR_PORT}(/|$) ]]; then
+    printf 'a loopback or emulator address'
+  fi
+}
+
 configure_app() {
-  local settings=() name origin current missing=()
+  local settings=() name origin current missing=() why
   for name in $(compgen -v POWERBI_); do
-    [[ -z ${!name:-} || " ${SECRET_SETTINGS[*]} " == *" $name "* ]] || settings+=("$name=${!name}")
+    [[ -z ${!name:-} || " ${SECRET_SETTINGS[*]} " == *" $name "* ]] && continue
+    why=$(unusable_in_azure "$name" "${!name}")
+    if [[ -n $why ]]; then
+      say "skipped $name: $why cannot work in Azure, so it is not set as an app setting"
+      continue
+    fi
+    settings+=("$name=${!name}")
   done
   # --output none: the command would otherwise print every setting, storage keys included.
   az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
@@ -356,6 +411,13 @@ configure_app() {
       --allowed-origins "${missing[@]}" --output none
   fi
   say "CORS: ${ORIGINS[*]} (${#missing[@]} added)"
+  if rls_from_principal; then
+    # A site on another origin sends App Service Authentication's cookie only with credentials
+    # (fetch credentials: 'include'), and the browser reads the answer only if CORS allows them.
+    az_do functionapp cors credentials --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --enable true \
+      --output none
+    say "CORS credentials: on (POWERBI_RLS_USERNAME_SOURCE=principal: the sign-in cookie comes from another origin)"
+  fi
 }
 
 deploy_code() {
@@ -409,6 +471,8 @@ main() {
   check_inputs
   derive_names
   parse_origins
+  read_setting_names
+  load_certificate_file
   collect_secrets
   umask 077 # the package and every secret file are for this user only
   WORK=$(mktemp -d)

@@ -19,7 +19,7 @@ from shared import doctor
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     named = Path(args[args.index("--settings") + 1]) if "--settings" in args[:-1] else None
-    env, _ = doctor.load_env(named, os.environ)  # the settings the doctor will read, for their authority
+    env = doctor.load_env(named, os.environ).values  # the settings the doctor will read, for their authority
     authority = env.get("POWERBI_AUTHORITY_HOST", "")
     return doctor.main(args, session=emulator_session(authority) if authority else None)
 

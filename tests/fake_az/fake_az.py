@@ -196,13 +196,21 @@ class Fake:
         return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
 
     def cors_show(self) -> Any:
-        origins = self.table("cors").get(self.app_show()["name"], [])
-        return {"allowedOrigins": origins, "supportCredentials": False}
+        name = self.app_show()["name"]
+        origins = self.table("cors").get(name, [])
+        return {"allowedOrigins": origins, "supportCredentials": self.table("cors_credentials").get(name, False)}
 
     def cors_add(self) -> Any:
         origins = self.table("cors").setdefault(self.app_show()["name"], [])
         origins.extend(o for o in self.options.get("--allowed-origins", []) if o not in origins)
-        return {"allowedOrigins": origins, "supportCredentials": False}
+        return self.cors_show()
+
+    def cors_credentials(self) -> Any:
+        enable = self.opt("--enable").lower()
+        if enable not in ("true", "false"):
+            raise AzError(f"argument --enable: invalid choice: '{enable}' (choose from 'false', 'true')", 2)
+        self.table("cors_credentials")[self.app_show()["name"]] = enable == "true"
+        return self.cors_show()
 
     def config_zip(self) -> Any:
         app = self.app_show()
@@ -295,6 +303,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("functionapp", "config", "appsettings", "set"): Fake.appsettings_set,
     ("functionapp", "cors", "show"): Fake.cors_show,
     ("functionapp", "cors", "add"): Fake.cors_add,
+    ("functionapp", "cors", "credentials"): Fake.cors_credentials,
     ("functionapp", "deployment", "source", "config-zip"): Fake.config_zip,
     ("keyvault", "show"): Fake.vault_show,
     ("keyvault", "create"): Fake.vault_create,
