@@ -25,7 +25,7 @@ def body(response: Any) -> dict[str, Any]:
 
 
 def user(n: int) -> dict[str, str]:
-    return {"X-MS-CLIENT-PRINCIPAL-NAME": f"user{n}@contoso.com"}
+    return {"X-MS-CLIENT-PRINCIPAL-NAME": f"user{n}@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from emulator import DATASET_ID, PAGINATED_REPORT_ID, REPORT_ID, RLS_DATASET_ID,
 from emulator.catalog import PAGINATED_MODEL_REPORT_ID, PAGINATED_RLS_REPORT_ID
 
 GROUP = f"/v1.0/myorg/groups/{WORKSPACE_ID}"
-ALICE = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"}
+ALICE = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
 
 def body(response: Any) -> dict[str, Any]:
