@@ -8,9 +8,9 @@ new user per request, that is more memory than the values themselves.)
 
 Behind it an optional ``SharedStore`` (a second level shared between workers, such as Redis) may
 hold the same values as JSON-able dicts: a miss in process reads it, and a value made here is
-written to both. ``get_or_load`` adds the single-flight: concurrent misses
-for one key wait for one load; with a ``FleetStore`` (a lock in the store), concurrent misses on
-other workers wait for that same load.
+written to both. ``get_or_load`` adds the single-flight: concurrent misses for one key wait for
+one load; with a ``FleetStore`` (a lock in the store), concurrent misses on other workers wait for
+that same load.
 """
 
 from __future__ import annotations
@@ -134,13 +134,15 @@ class TieredCache(Generic[K, V]):
             return len(self._values)
 
     def local(self, key: K) -> V | None:
-        """The value if it is in process and has not expired: no network call."""
+        """The value if it is in process and has not expired (an expired one is dropped): no network call."""
         with self._lock:
             entry = self._values.get(key)
-            if entry is not None and entry[0] <= self._clock.now():
+            if entry is None:
+                return None
+            if entry[0] <= self._clock.now():
                 del self._values[key]
-                entry = None
-        return entry[1] if entry is not None else None
+                return None
+            return entry[1]
 
     def get(self, key: K) -> V | None:
         """The value if it has not expired: in process, else from the shared store (kept in process too)."""

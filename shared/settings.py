@@ -423,6 +423,12 @@ class _Reader:
             "cache_max_tokens": int(10_000 if max_tokens is None else max_tokens),
         }
 
+    def error_answers(self) -> dict[str, Any]:
+        value = (self.text("POWERBI_ERROR_DETAILS") or "").lower()
+        if value not in ("", "true", "false"):
+            self.problems.append("POWERBI_ERROR_DETAILS must be true or false")
+        return {"error_details": error_details(self.env)}
+
     def shared_cache(self) -> dict[str, Any]:
         """POWERBI_CACHE_URL, _ENCRYPTION_KEY, _TIMEOUT_MS, _BREAKER_SECONDS; unset URL: no shared cache."""
         url = self.text("POWERBI_CACHE_URL")
@@ -462,12 +468,6 @@ class _Reader:
         if key is None:
             return {}
         return {"shared_cache": SharedCacheSettings(url, key, timeout_ms / 1000, breaker or 0.0)}
-
-    def error_answers(self) -> dict[str, Any]:
-        value = (self.text("POWERBI_ERROR_DETAILS") or "").lower()
-        if value not in ("", "true", "false"):
-            self.problems.append("POWERBI_ERROR_DETAILS must be true or false")
-        return {"error_details": error_details(self.env)}
 
     def settings(self) -> Settings:
         env = self.env

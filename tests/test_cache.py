@@ -159,7 +159,7 @@ def test_a_shared_store_serves_a_second_worker_without_upstream_calls(
 ) -> None:
     store = DictStore()
     settings = Settings.from_env(env)
-    one = EmbedService.create(settings, clock=clock, session=emulator_session(fake.base_url), store=store)
+    one = EmbedService.create(settings, clock=clock, store=store, session=emulator_session(fake.base_url))
     first = one.embed("report", REPORT_ID)
     upstream = len(fake.requests)
     assert any(k.startswith("embed:") for k in store.values)
@@ -168,7 +168,7 @@ def test_a_shared_store_serves_a_second_worker_without_upstream_calls(
     assert 49 * 60 < embed_ttl <= 50 * 60  # the token's life less the minimum handed out
 
     two = EmbedService.create(
-        settings, clock=clock, session=emulator_session(fake.base_url), store=store
+        settings, clock=clock, store=store, session=emulator_session(fake.base_url)
     )  # another worker, same shared store
     second = two.embed("report", REPORT_ID)
     unknown = "00000000-0000-4000-8000-00000000abcd"

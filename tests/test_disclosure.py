@@ -63,7 +63,7 @@ def test_a_sign_in_refusal_in_production(
     ("fault", "status", "code"),
     [
         ({"method": "POST", "path_contains": "GenerateToken", "status": 403}, 502, "powerbi_error"),
-        ({"method": "GET", "path_contains": "/reports", "status": 404}, 404, "not_found"),
+        ({"method": "GET", "path_contains": "/reports", "status": 401}, 502, "powerbi_error"),
         ({"method": "POST", "path_contains": "GenerateToken", "status": 429, "times": 4}, 429, "throttled"),
     ],
 )
@@ -117,6 +117,13 @@ def test_details_only_when_asked_for(
 
     assert ("AADSTS50126" in message and "POWERBI_PASSWORD" in message) is detailed
     assert (message == PUBLIC_MESSAGES["sign_in_failed"]) is not detailed
+
+
+def test_an_unknown_item_in_production(call: Callable[..., Any], production: dict[str, str]) -> None:
+    response = call("/api/embed/reports/0d5b6c43-9f8e-4a51-b2c7-3e4f5a6b7c8d")
+
+    error = error_of(response)
+    assert (response.status_code, error["code"], error["message"]) == (404, "not_found", "The item was not found.")
 
 
 def test_a_configuration_error_names_no_setting_in_production(

@@ -25,6 +25,10 @@ from tests.conftest import PASSWORD, SECRET
 def run(env: dict[str, str], *argv: str, authority: str | None = None) -> tuple[int, str]:
     out = io.StringIO()
     authority = authority or env.get("POWERBI_AUTHORITY_HOST")
+    if not authority and "--settings" in argv:
+        authority = json.loads(Path(argv[argv.index("--settings") + 1]).read_text())["Values"].get(
+            "POWERBI_AUTHORITY_HOST"
+        )
     session = emulator_session(authority) if authority else None  # MSAL's user realm URL has no port
     status = doctor.main(list(argv), env, out, session)
     return status, out.getvalue()

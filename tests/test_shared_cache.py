@@ -374,15 +374,8 @@ def test_the_doctor_warns_of_a_refused_password_and_still_passes(
 ) -> None:
     wrong = redis_server.url.replace(REDIS_PASSWORD, "wrong-Pw-0000")
     out = io.StringIO()
-    assert (
-        doctor.main(
-            [],
-            {**env, "POWERBI_CACHE_URL": wrong, "POWERBI_CACHE_ENCRYPTION_KEY": KEY},
-            out,
-            emulator_session(fake.base_url),
-        )
-        == 0
-    )
+    settings_env = {**env, "POWERBI_CACHE_URL": wrong, "POWERBI_CACHE_ENCRYPTION_KEY": KEY}
+    assert doctor.main([], settings_env, out, emulator_session(fake.base_url)) == 0
     text = out.getvalue()
     assert "warn  Redis refused the credentials: check the password in POWERBI_CACHE_URL" in text
     assert "fix: the function still works, without the shared cache" in text
