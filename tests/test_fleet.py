@@ -215,7 +215,7 @@ def test_redis_stopped_mid_run_then_restarted(fleet: Fleet, fake: FakeUpstream, 
     assert two.get(REPORT).status_code == 200
     assert one.get(DASHBOARD).status_code == 200
     for instance in (one, two):
-        assert len(instance.lines("shared cache (Redis) unavailable")) == 1
+        assert len(instance.wait_for("shared cache (Redis) unavailable")) == 1
         assert not instance.lines("Traceback")
 
     redis_server.start()  # the same port, and empty
@@ -228,7 +228,7 @@ def test_redis_stopped_mid_run_then_restarted(fleet: Fleet, fake: FakeUpstream, 
     # A new instance got the token from Redis (catalog listings kept in process while Redis was away
     # were not shared, so it may still read one of those).
     assert minted(fake) == 0
-    assert len(two.lines("shared cache (Redis) is back")) == 1
+    assert len(two.wait_for("shared cache (Redis) is back")) == 1
 
 
 def test_a_redis_answering_after_2_s_does_not_hold_requests_up(
@@ -237,12 +237,13 @@ def test_a_redis_answering_after_2_s_does_not_hold_requests_up(
     with SlowProxy(redis_server.port, delay=2.0) as proxy:
         fleet.redis_url = proxy.url(REDIS_PASSWORD)
         (one,) = fleet.start(1, POWERBI_CACHE_TIMEOUT_MS="100", POWERBI_CACHE_BREAKER_SECONDS="30")
+        assert one.get("/api/health").status_code == 200  # the service built, its modules imported: no Redis call
         started = time.monotonic()
         answer = one.get(REPORT)
         elapsed = time.monotonic() - started
     assert answer.status_code == 200
     assert elapsed < 2.0  # the first Redis call gave up after 100 ms, the others were not tried; 20 s deadline
-    (line,) = one.lines("shared cache (Redis) unavailable")
+    (line,) = one.wait_for("shared cache (Redis) unavailable")
     assert "TimeoutError" in line
 
 
@@ -255,7 +256,7 @@ def test_a_corrupt_entry_is_a_miss(fleet: Fleet, fake: FakeUpstream, redis_serve
     answer = two.get(REPORT)
     assert answer.status_code == 200
     assert minted(fake) == 1  # read again from Power BI
-    assert two.lines("unreadable")
+    assert two.wait_for("unreadable")
 
 
 def test_the_dump_holds_no_token_user_name_or_secret(
