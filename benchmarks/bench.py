@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import function_app  # noqa: E402
-from emulator import (  # noqa: E402  # noqa: E402
+from emulator import (  # noqa: E402
     CLIENT_ID,
     CLIENT_SECRET,
     DATASET_ID,

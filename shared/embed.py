@@ -318,6 +318,13 @@ class EmbedService:
                 "identity is sent."
             )
         if any(d.roles_required for d in needing) and not identity.roles:
+            if self.settings.rls_roles_source == "principal":
+                # The user's own roles were all outside POWERBI_RLS_ALLOWED_ROLES: their account, not the
+                # configuration, is what lacks a role for this data.
+                raise NotAllowed(
+                    f"Dataset {names} requires a row-level-security role, and the signed-in user has none "
+                    "listed in POWERBI_RLS_ALLOWED_ROLES."
+                )
             raise ConfigurationError(f"Dataset {names} requires row-level-security roles: set POWERBI_RLS_ROLES.")
         reports = tuple(sorted(r for r, found in models.items() if any(m.identity_required for m in found)))
         return EffectiveIdentity(

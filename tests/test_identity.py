@@ -235,8 +235,10 @@ def test_a_user_with_no_allowed_role_gets_no_role(
     assert call(f"/api/embed/reports/{REPORT_ID}", admin).status_code == 200
     assert sent_identities(fake) == [None]
     # The RLS dataset requires a role: nothing is sent to Power BI without one.
+    # The user's account lacks the role, not the configuration: 403, not a 500.
     fake.reset_records()
-    assert call(RLS, admin).status_code != 200
+    refused = call(RLS, admin)
+    assert (refused.status_code, json.loads(refused.get_body())["error"]["code"]) == (403, "not_allowed")
     assert not fake.calls("POST", "GenerateToken")
 
 
