@@ -3,26 +3,37 @@
 Thin wiring only: each route parses the request, asks the embed service, and answers
 through ``shared.responses``. The service (one MSAL application, one HTTP session,
 the token cache) is built on first use and kept for the life of the worker process.
+Each handler takes the invocation's ``context``: its ``invocation_id`` is the ``requestId``
+of an error answer and of its log line. Every log record of the process is redacted
+(``shared.redact``) from import on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
 
 import azure.functions as func
+import requests
 
+from shared import redact
 from shared.embed import EmbedService, Kind
+from shared.errors import ConfigurationError
 from shared.identity import identity_for
 from shared.openapi import openapi_json
-from shared.responses import respond
-from shared.settings import Settings, http_auth_level
+from shared.responses import json_response, respond
+from shared.settings import Settings, error_details, http_auth_level
+
+redact.install()
+logger = logging.getLogger(__name__)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel(http_auth_level(os.environ)))
 
 _service: EmbedService | None = None
 _service_lock = threading.Lock()
+_session: requests.Session | None = None
 
 
 def service() -> EmbedService:
@@ -31,7 +42,7 @@ def service() -> EmbedService:
     if _service is None:
         with _service_lock:
             if _service is None:
-                _service = EmbedService.create(Settings.from_env(os.environ))
+                _service = EmbedService.create(Settings.from_env(os.environ), session=_session)
     return _service
 
 
@@ -41,7 +52,19 @@ def use_service(instance: EmbedService | None) -> None:
     _service = instance
 
 
-def _embed(req: func.HttpRequest, kind: Kind, ids: str | list[str]) -> func.HttpResponse:
+def use_session(session: requests.Session | None) -> None:
+    """The HTTP session the service is built with (a host may route hosts its own way); None: a new one."""
+    global _session
+    _session = session
+
+
+def details() -> bool:
+    """Do error answers carry the detailed message? Asked only when there is an error to answer."""
+    current = _service
+    return current.settings.error_details if current is not None else error_details(os.environ)
+
+
+def _embed(req: func.HttpRequest, context: func.Context, kind: Kind, ids: str | list[str]) -> func.HttpResponse:
     def produce() -> dict[str, Any]:
         svc = service()
         # The row-level-security identity comes only from App Service Authentication's headers.
@@ -49,46 +72,52 @@ def _embed(req: func.HttpRequest, kind: Kind, ids: str | list[str]) -> func.Http
         params = req.params
         return svc.embed(kind, ids, params.get("workspaceId"), params.get("accessLevel"), identity).to_json()
 
-    return respond(produce)
+    return respond(produce, context.invocation_id, details)
 
 
 @app.route(route="embed/reports/{reportId}", methods=["GET"])
-def embed_report(req: func.HttpRequest) -> func.HttpResponse:
-    return _embed(req, "report", req.route_params.get("reportId", ""))
+def embed_report(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return _embed(req, context, "report", req.route_params.get("reportId", ""))
 
 
 @app.route(route="embed/reports", methods=["GET"])
-def embed_reports(req: func.HttpRequest) -> func.HttpResponse:
+def embed_reports(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """Several reports under one token: ``?ids=<id>,<id>,...``."""
-    return _embed(req, "reports", [i for i in req.params.get("ids", "").split(",") if i.strip()])
+    return _embed(req, context, "reports", [i for i in req.params.get("ids", "").split(",") if i.strip()])
 
 
 @app.route(route="embed/dashboards/{dashboardId}", methods=["GET"])
-def embed_dashboard(req: func.HttpRequest) -> func.HttpResponse:
-    return _embed(req, "dashboard", req.route_params.get("dashboardId", ""))
+def embed_dashboard(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return _embed(req, context, "dashboard", req.route_params.get("dashboardId", ""))
 
 
 @app.route(route="embed/dashboards/{dashboardId}/tiles/{tileId}", methods=["GET"])
-def embed_tile(req: func.HttpRequest) -> func.HttpResponse:
+def embed_tile(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     route = req.route_params
-    return _embed(req, "tile", [route.get("dashboardId", ""), route.get("tileId", "")])
+    return _embed(req, context, "tile", [route.get("dashboardId", ""), route.get("tileId", "")])
 
 
 @app.route(route="embed/datasets/{datasetId}/create", methods=["GET"])
-def embed_create(req: func.HttpRequest) -> func.HttpResponse:
+def embed_create(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """A token to create a new report on a dataset (only with POWERBI_ALLOW_EDIT=true)."""
-    return _embed(req, "create", req.route_params.get("datasetId", ""))
+    return _embed(req, context, "create", req.route_params.get("datasetId", ""))
 
 
-@app.route(route="health", methods=["GET"])
-def health(req: func.HttpRequest) -> func.HttpResponse:
-    """Is the configuration complete and valid? No secrets shown, no upstream call made."""
-
-    def status() -> dict[str, str]:
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    """Is the configuration complete and valid? Anonymous (a platform probe carries no key), no upstream
+    call, and in production nothing about the configuration; with details on, what is wrong."""
+    try:
         settings = service().settings
-        return {"status": "ok", "authMode": settings.auth_mode, "clientType": settings.client_type}
-
-    return respond(status)
+    except ConfigurationError as error:
+        logger.warning("health: misconfigured requestId=%s: %s", context.invocation_id, error.cause)
+        body: dict[str, Any] = {"status": "misconfigured", "requestId": context.invocation_id}
+        if details():
+            body["problems"] = list(error.problems)
+        return json_response(body, 500)
+    if not settings.error_details:
+        return json_response({"status": "ok"})
+    return json_response({"status": "ok", "authMode": settings.auth_mode, "clientType": settings.client_type})
 
 
 @app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

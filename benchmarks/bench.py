@@ -7,12 +7,25 @@
 - upstream calls for 100 requests to one report in one process, against the fake;
 - time per request on a cache hit and on a cold start, through the registered route;
 - upstream calls for 32 concurrent cold requests;
-- peak Python memory for 10,000 cached requests.
+- peak Python memory for 10,000 cached requests;
+- the catalog and the bounded caches (issue 10): a cold request for 50 reports (Power BI calls by kind),
+  1,000 random GUIDs (upstream calls), 1,000 signed-in users on a plain report and the same 3 reports in 6
+  orders (GenerateToken calls), peak memory at 1,000 vs 100,000 users on an RLS report with
+  POWERBI_CACHE_MAX_TOKENS=1000, and the wall time of the cold 50-report request when the emulator delays
+  each Power BI call by 200 ms.
+
+The 100,000-user figure runs ``EmbedService.embed`` in process (policy, catalog, canonical key, the bounded
+cache) with the catalog read from the emulator but GenerateToken answered in process (``InProcessMint``):
+100,000 GenerateToken calls over loopback TLS would measure the emulator, not the cache.
 """
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
+import resource
+import secrets
 import statistics
 import subprocess
 import sys
@@ -20,6 +33,8 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +44,42 @@ import function_app  # noqa: E402
 from emulator import (  # noqa: E402
     CLIENT_ID,
     CLIENT_SECRET,
+    DATASET_ID,
     PASSWORD,
     REPORT_ID,
+    RLS_REPORT_ID,
     TENANT_ID,
     USERNAME,
     WORKSPACE_ID,
     FakeUpstream,
 )
+from emulator import catalog as cat  # noqa: E402
+from emulator.entra import emulator_session  # noqa: E402
 from emulator.host import FunctionRoutes  # noqa: E402
 from shared.embed import EmbedService  # noqa: E402
+from shared.errors import NotFound  # noqa: E402
+from shared.identity import Identity  # noqa: E402
+from shared.powerbi import EmbedToken, PowerBIClient, TokenRequest  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+
+# A Power BI embed token is about this long (the emulator's are shorter); the memory figure uses it.
+EMBED_TOKEN_CHARS = 1000
+
+
+class InProcessMint(PowerBIClient):
+    """Power BI's reads as usual (the emulator), GenerateToken answered in process: for the 100,000-user run."""
+
+    def __init__(self, base: PowerBIClient) -> None:
+        super().__init__(base.base.removesuffix("/v1.0/myorg"), base.http, base.lifetime_minutes)
+        self.minted = 0
+        self.api_host = base.api_host
+
+    def generate_token(self, access_token: str, request: TokenRequest) -> EmbedToken:
+        self.minted += 1
+        expiration = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        return EmbedToken(
+            "H4sI" + secrets.token_urlsafe(EMBED_TOKEN_CHARS)[:EMBED_TOKEN_CHARS], str(uuid.uuid4()), expiration
+        )
 
 
 def import_seconds(runs: int = 7) -> tuple[float, float]:
@@ -54,9 +95,10 @@ def import_seconds(runs: int = 7) -> tuple[float, float]:
     return statistics.median(float(r[0]) for r in runs_out), statistics.median(float(r[1]) for r in runs_out)
 
 
-def settings(fake: FakeUpstream) -> Settings:
+def settings(fake: FakeUpstream, **more: str) -> Settings:
     return Settings.from_env(
-        {
+        more
+        | {
             "POWERBI_TENANT_ID": TENANT_ID,
             "POWERBI_CLIENT_ID": CLIENT_ID,
             "POWERBI_CLIENT_SECRET": CLIENT_SECRET,
@@ -80,7 +122,7 @@ def main() -> None:
         routes = FunctionRoutes(function_app.app)
         path = f"/api/embed/reports/{REPORT_ID}"
 
-        function_app.use_service(EmbedService.create(settings(fake)))
+        function_app.use_service(EmbedService.create(settings(fake), session=emulator_session(fake.base_url)))
         started = time.perf_counter()
         assert routes.dispatch("GET", path).status_code == 200
         cold = time.perf_counter() - started
@@ -98,7 +140,7 @@ def main() -> None:
         )
 
         fake.reset_records()
-        service = EmbedService.create(settings(fake))
+        service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
         barrier = threading.Barrier(32)
 
         def cold_request() -> None:
@@ -123,10 +165,139 @@ def main() -> None:
         print(f"peak Python memory over 10,000 cached requests: {peak / 1024:.0f} KiB")
         function_app.use_service(None)
 
+        catalog_figures(fake)
+
+
+def publish(fake: FakeUpstream, count: int) -> list[str]:
+    """``count`` more reports on the plain dataset in the Sales workspace."""
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(1, count + 1)]
+    ws = cat.workspace(fake.catalog, WORKSPACE_ID)
+    assert ws is not None
+    ws["reports"] += [{"id": i, "name": f"Report {i[-4:]}", "datasetId": DATASET_ID} for i in ids]
+    return ids
+
+
+def catalog_figures(fake: FakeUpstream) -> None:
+    reports = publish(fake, 50)
+    principal = {"POWERBI_RLS_USERNAME_SOURCE": "principal", "POWERBI_RLS_ROLES": "Region"}
+    principal["WEBSITE_AUTH_ENABLED"] = "True"
+
+    fake.reset_records()
+    service = EmbedService.create(settings(fake))
+    service.embed("reports", reports)
+    print(f"cold request for 50 reports: {_by_kind(fake, pbi_only=True)} (besides signing in: {_sign_in(fake)})")
+
+    fake.reset_records()
+    service = EmbedService.create(settings(fake))  # cold: its catalog not read yet
+    misses = 0
+    for _ in range(1000):
+        try:
+            service.embed("report", str(uuid.uuid4()))
+        except NotFound:
+            misses += 1
+    print(f"1,000 random GUIDs, cold: {misses} answered 404; Power BI: {_by_kind(fake, pbi_only=True)}")
+
+    fake.reset_records()
+    service = EmbedService.create(settings(fake, **principal))
+    for n in range(1000):
+        service.embed("report", REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
+    print(f"1,000 signed-in users on a plain report: {len(fake.calls('POST', 'GenerateToken'))} GenerateToken")
+
+    fake.reset_records()
+    for order in itertools.permutations(reports[:3]):
+        service.embed("reports", list(order))
+    print(f"the same 3 reports in 6 orders: {len(fake.calls('POST', 'GenerateToken'))} GenerateToken")
+
+    runs = {users: memory_for_users(fake, principal, users) for users in (1_000, 10_000, 100_000)}
+    small, large = runs[1_000], runs[100_000]
+    traced = ", ".join(f"{users:,} users {run[0] / 1024:.0f} KiB" for users, run in runs.items())
+    print(
+        f"peak Python memory (tracemalloc), RLS report, POWERBI_CACHE_MAX_TOKENS=1000, in process: {traced} "
+        f"(100,000 vs 1,000: {large[0] / small[0] - 1:+.1%}); tokens kept {small[1]} and {large[1]}"
+    )
+    print(f"after 100,000 users: the most recent user is {large[2]}, the first user {large[3]}")
+    rss = {users: process_peak_rss(users) for users in (1_000, 100_000)}
+    print(
+        f"peak process memory (max RSS, a fresh process per run): 1,000 users {rss[1_000] / 1024:.1f} MiB, "
+        f"100,000 users {rss[100_000] / 1024:.1f} MiB ({rss[100_000] / rss[1_000] - 1:+.1%})"
+    )
+
+    fake.reset_records()
+    fake.latency = 0.2
+    service = EmbedService.create(settings(fake))
+    started = time.perf_counter()
+    service.embed("reports", reports)
+    elapsed = time.perf_counter() - started
+    fake.latency = 0.0
+    print(
+        f"cold 50-report request, each Power BI call delayed 200 ms: {elapsed * 1000:.0f} ms wall "
+        f"({_by_kind(fake, pbi_only=True)}; sign-in {_sign_in(fake)})"
+    )
+
+
+def memory_for_users(
+    fake: FakeUpstream, principal: dict[str, str], users: int, trace: bool = True
+) -> tuple[int, int, str, str]:
+    """(peak traced bytes, tokens kept, the last user's outcome, the first user's outcome) for ``users``
+    distinct users on an RLS report, each once, through ``EmbedService.embed``."""
+    gc.collect()
+    service = EmbedService.create(settings(fake, POWERBI_CACHE_MAX_TOKENS="1000", **principal))
+    mint = InProcessMint(service.powerbi)
+    service.powerbi = mint
+    service.catalog.powerbi = mint
+    service.embed("report", RLS_REPORT_ID, identity=Identity("warm-up@contoso.com", ("Region",)))  # the catalog
+    if trace:
+        tracemalloc.start()
+    for n in range(users):
+        service.embed("report", RLS_REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    def outcome(n: int) -> str:
+        before = mint.minted
+        service.embed("report", RLS_REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
+        return "a cache hit" if mint.minted == before else "a new GenerateToken"
+
+    kept = len(service.embeds)
+    return peak, kept, outcome(users - 1), outcome(0)
+
+
+def process_peak_rss(users: int) -> int:
+    """Max RSS in KiB of a fresh process serving ``users`` distinct users (``--users N`` below)."""
+    out = subprocess.check_output([sys.executable, __file__, "--users", str(users)], cwd=ROOT, text=True)  # noqa: S603
+    return int(out.split()[-1])
+
+
+def rss_run(users: int) -> None:
+    """The child of process_peak_rss: one run, then its max RSS (KiB) on the last line."""
+    principal = {"POWERBI_RLS_USERNAME_SOURCE": "principal", "POWERBI_RLS_ROLES": "Region"}
+    principal["WEBSITE_AUTH_ENABLED"] = "True"
+    with FakeUpstream() as fake, tempfile.TemporaryDirectory() as tmp:
+        ca = str(fake.write_ca_pem(Path(tmp) / "ca.pem"))
+        os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = ca
+        memory_for_users(fake, principal, users, trace=False)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _by_kind(fake: FakeUpstream, pbi_only: bool = False) -> str:
+    calls = [r for r in fake.requests if not pbi_only or r.path.startswith("/v1.0/")]
+    counts: dict[str, int] = {}
+    for r in calls:
+        name = f"{r.method} {r.path.split('/')[-1]}"
+        counts[name] = counts.get(name, 0) + 1
+    return f"{len(calls)} calls: " + ", ".join(f"{n} x{c}" for n, c in counts.items()) if calls else "0 calls"
+
+
+def _sign_in(fake: FakeUpstream) -> str:
+    return f"{len([r for r in fake.requests if not r.path.startswith('/v1.0/')])} Entra calls"
+
 
 def _kinds(fake: FakeUpstream) -> list[str]:
     return [f"{r.method} {r.path.split('/')[-1] or r.path}" for r in fake.requests]
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--users"]:
+        rss_run(int(sys.argv[2]))
+    else:
+        main()

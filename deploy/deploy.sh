@@ -14,13 +14,20 @@ readonly ROOT
 readonly RUNTIME_VERSION=3.11
 # The settings that are secrets (as in shared/settings.py); every other POWERBI_* variable
 # set here becomes a plain app setting.
-readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
+readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE POWERBI_CACHE_URL POWERBI_CACHE_ENCRYPTION_KEY)
+# The local emulator's port (make demo): a URL with it points at this machine, never at Azure.
+readonly EMULATOR_PORT=8443
 DRY_RUN=false
 DOCTOR=false
+REDIS=false
+# Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
+# more threads than the default min(32, CPUs + 4) (6 on 2 cores); 32 is the most the Python
+# worker allows. Measured: benchmarks/bench_fleet.py, README "Past one machine".
+readonly THREAD_COUNT=32
 
 usage() {
   cat <<'EOF'
-Usage: deploy/deploy.sh [--dry-run] [--doctor] [--resource-group NAME] [--location REGION]
+Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--resource-group NAME] [--location REGION]
                         [--app-name NAME] [--cors-origins LIST] [--key-vault-name NAME]
                         [--storage-account NAME]
 
@@ -39,7 +46,11 @@ Inputs are environment variables (the flags above set the first six):
   KEY_VAULT_NAME      optional; default <APP_NAME>-kv (3-24 letters, digits, hyphens)
   STORAGE_ACCOUNT     optional; default <app name letters and digits>st (3-24 lowercase, digits)
   POWERBI_*           the function's settings (see README): each one set becomes an app
-                      setting; unset ones are left as they are in Azure
+                      setting; unset ones are left as they are in Azure. Skipped, with a
+                      note: a name the function does not read, a ..._PATH (a file here; a
+                      certificate file goes to Key Vault instead) and a loopback or
+                      emulator URL (localhost, 127.0.0.1, port 8443).
+                      POWERBI_RLS_USERNAME_SOURCE=principal also turns on CORS credentials.
 Secrets, stored in Key Vault, never as plain app settings:
   POWERBI_PASSWORD            MasterUser mode: required
   POWERBI_CLIENT_SECRET       ServicePrincipal mode: required unless a certificate is given
@@ -52,6 +63,12 @@ Options:
   --dry-run   print every az command instead of running it; needs no secret and no sign-in
   --doctor    afterwards, check the deployed settings from here with python -m shared.doctor
               (needs the function's requirements installed)
+  --redis     also a shared cache for all instances: an Azure Managed Redis with Entra ID
+              authentication only (REDIS_NAME, default <APP_NAME>-redis; REDIS_SKU, default
+              Balanced_B0), an access policy assignment for the app's identity, a generated
+              encryption key in Key Vault, and POWERBI_CACHE_URL and
+              POWERBI_CACHE_ENCRYPTION_KEY as Key Vault references. Without it, no Redis
+              setting or resource is touched.
   -h, --help  this text
 EOF
 }
@@ -143,6 +160,7 @@ parse_args() {
       ;;
     --dry-run) DRY_RUN=true ;;
     --doctor) DOCTOR=true ;;
+    --redis) REDIS=true ;;
     --resource-group | --location | --app-name | --cors-origins | --key-vault-name | --storage-account)
       (($# >= 2)) || die "$1 needs a value"
       local variable=${1#--}
@@ -196,6 +214,12 @@ derive_names() {
     die "KEY_VAULT_NAME '$KEY_VAULT_NAME' must be 3-24 letters, digits and single hyphens, starting with a letter"
 }
 
+# Row-level security from the signed-in user (App Service Authentication's principal)?
+rls_from_principal() {
+  local source=${POWERBI_RLS_USERNAME_SOURCE:-none}
+  [[ ${source,,} == principal ]]
+}
+
 # Browsers send an Origin of scheme://host[:port]; anything else would never match.
 parse_origins() {
   local raw origin
@@ -208,6 +232,8 @@ parse_origins() {
     if [[ $origin == '*' ]]; then
       [[ ${ALLOW_ANY_ORIGIN:-false} == true ]] ||
         die "CORS_ORIGINS='*' lets every website call the function; set ALLOW_ANY_ORIGIN=true if that is really meant"
+      ! rls_from_principal ||
+        die "CORS_ORIGINS='*' cannot carry the sign-in cookie POWERBI_RLS_USERNAME_SOURCE=principal needs: name the origins"
     elif [[ ! $origin =~ ^https?://[A-Za-z0-9.-]+(:[0-9]+)?$ ]]; then
       die "CORS_ORIGINS: '$origin' is not an origin (scheme://host[:port], no path), e.g. https://www.contoso.com"
     fi
@@ -336,11 +362,53 @@ store_secrets() {
   done
 }
 
+# The settings the function reads (SETTING_NAMES in shared/settings.py, which imports nothing
+# but the standard library): only these become app settings.
+read_setting_names() {
+  local names
+  names=$(PYTHONPATH=$ROOT "${PYTHON:-python3}" -c 'from shared.settings import SETTING_NAMES; print(*SETTING_NAMES)') ||
+    die "could not read the setting names from shared/settings.py"
+  read -ra SETTING_NAMES <<<"$names"
+  ((${#SETTING_NAMES[@]})) || die "shared/settings.py names no setting"
+}
+
+# A certificate file on this machine cannot be read in Azure: its PEM goes to Key Vault as
+# POWERBI_CLIENT_CERTIFICATE instead, and the path is not set (configure_app skips it).
+load_certificate_file() {
+  local path=${POWERBI_CLIENT_CERTIFICATE_PATH:-}
+  [[ -n $path ]] || return 0
+  [[ -z ${POWERBI_CLIENT_CERTIFICATE:-} ]] ||
+    die "set POWERBI_CLIENT_CERTIFICATE or POWERBI_CLIENT_CERTIFICATE_PATH, not both"
+  [[ -f $path && -r $path ]] || die "POWERBI_CLIENT_CERTIFICATE_PATH names a file that cannot be read"
+  POWERBI_CLIENT_CERTIFICATE=$(<"$path")
+  say "POWERBI_CLIENT_CERTIFICATE_PATH: a file on this machine; its certificate goes to Key Vault as POWERBI_CLIENT_CERTIFICATE"
+}
+
+# Why a value set here cannot work as an app setting in Azure, or nothing if it can.
+unusable_in_azure() {
+  local name=$1 value=${2,,}
+  if [[ " ${SETTING_NAMES[*]} " != *" $name "* ]]; then
+    printf 'not a setting of the function'
+  elif [[ $name == *_PATH ]]; then
+    printf 'a path to a file on this machine'
+  elif [[ $value =~ ^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\]|0\.0\.0\.0)([:/]|$) ||
+    $value =~ ^[a-z][a-z0-9+.-]*://[^/]*:${EMULATOR_PORT}(/|$) ]]; then
+    printf 'a loopback or emulator address'
+  fi
+}
+
 configure_app() {
-  local settings=() name origin current missing=()
+  local settings=() name origin current missing=() why
   for name in $(compgen -v POWERBI_); do
-    [[ -z ${!name:-} || " ${SECRET_SETTINGS[*]} " == *" $name "* ]] || settings+=("$name=${!name}")
+    [[ -z ${!name:-} || " ${SECRET_SETTINGS[*]} " == *" $name "* ]] && continue
+    why=$(unusable_in_azure "$name" "${!name}")
+    if [[ -n $why ]]; then
+      say "skipped $name: $why cannot work in Azure, so it is not set as an app setting"
+      continue
+    fi
+    settings+=("$name=${!name}")
   done
+  settings+=("PYTHON_THREADPOOL_THREAD_COUNT=$THREAD_COUNT")
   # --output none: the command would otherwise print every setting, storage keys included.
   az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
     --settings "${settings[@]}" "${SECRET_REFERENCES[@]}" --output none
@@ -356,6 +424,13 @@ configure_app() {
       --allowed-origins "${missing[@]}" --output none
   fi
   say "CORS: ${ORIGINS[*]} (${#missing[@]} added)"
+  if rls_from_principal; then
+    # A site on another origin sends App Service Authentication's cookie only with credentials
+    # (fetch credentials: 'include'), and the browser reads the answer only if CORS allows them.
+    az_do functionapp cors credentials --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --enable true \
+      --output none
+    say "CORS credentials: on (POWERBI_RLS_USERNAME_SOURCE=principal: the sign-in cookie comes from another origin)"
+  fi
 }
 
 deploy_code() {
@@ -404,11 +479,68 @@ run_doctor() {
   ) || die "the doctor found a problem: see its checklist above (the deployment itself is done)"
 }
 
+# --- --redis: the shared cache --------------------------------------------------------------
+# Azure Managed Redis (az redisenterprise), reached over TLS on port 10000 with Entra ID only
+# (access keys off): the function signs in with its managed identity, so the URL holds no
+# password. The encryption key is made once and kept in Key Vault; a later run reuses it.
+create_redis() {
+  local name=${REDIS_NAME:-${APP_NAME,,}-redis} host assigned assignment file
+  [[ $name =~ ^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$ && ${#name} -le 60 ]] ||
+    die "REDIS_NAME '$name' must be 1-60 letters, digits and single hyphens"
+  ensure "managed redis $name" redisenterprise show --name "$name" --resource-group "$RESOURCE_GROUP" -- \
+    redisenterprise create --name "$name" --resource-group "$RESOURCE_GROUP" --location "$LOCATION" \
+    --sku "${REDIS_SKU:-Balanced_B0}" --public-network-access Enabled --minimum-tls-version 1.2 \
+    --client-protocol Encrypted --port 10000 --clustering-policy EnterpriseCluster \
+    --eviction-policy VolatileLRU --access-keys-auth Disabled
+  assigned=$(az_get '' redisenterprise database access-policy-assignment list --cluster-name "$name" \
+    --resource-group "$RESOURCE_GROUP" --database-name default --query '[].user.objectId' --output tsv)
+  if grep -qixF -- "$APP_IDENTITY" <<<"$assigned"; then
+    say "function app's access to $name: yes"
+  else
+    assignment="app${APP_IDENTITY//-/}" # the CLI takes letters and digits only here
+    with_retries az_do redisenterprise database access-policy-assignment create --cluster-name "$name" \
+      --resource-group "$RESOURCE_GROUP" --database-name default --access-policy-assignment-name "${assignment:0:60}" \
+      --access-policy-name default --object-id "$APP_IDENTITY" --output none ||
+      die "could not give the function app access to $name"
+    say "function app's access to $name: granted (access policy 'default')"
+  fi
+  host=$(az_get "$name.$LOCATION.redis.azure.net" redisenterprise show --name "$name" \
+    --resource-group "$RESOURCE_GROUP" --query hostName --output tsv)
+  file="$WORK/powerbi-cache-url"
+  $DRY_RUN || printf 'rediss://%s:10000' "$host" >"$file"
+  store_file_secret POWERBI_CACHE_URL "$file"
+  if exists keyvault secret show --vault-name "$KEY_VAULT_NAME" --name "$(secret_name POWERBI_CACHE_ENCRYPTION_KEY)"; then
+    say "secret POWERBI_CACHE_ENCRYPTION_KEY: exists in $KEY_VAULT_NAME, reused"
+    add_reference POWERBI_CACHE_ENCRYPTION_KEY
+  else
+    file="$WORK/powerbi-cache-encryption-key"
+    # 32 random bytes, base64, straight into a 0600 file: the key is on no command line.
+    $DRY_RUN || head -c 32 /dev/urandom | base64 | tr -d '\n' >"$file"
+    store_file_secret POWERBI_CACHE_ENCRYPTION_KEY "$file"
+  fi
+}
+
+# `store_file_secret SETTING FILE`: the file's content into Key Vault, the file deleted, a reference kept.
+store_file_secret() {
+  local name=$1 file=$2
+  with_retries az_do keyvault secret set --vault-name "$KEY_VAULT_NAME" --name "$(secret_name "$name")" \
+    --file "$file" --encoding utf-8 --output none || die "could not store $name in key vault $KEY_VAULT_NAME"
+  rm -f "$file"
+  add_reference "$name"
+  say "secret $name: stored in $KEY_VAULT_NAME"
+}
+
+add_reference() {
+  SECRET_REFERENCES+=("$1=@Microsoft.KeyVault(SecretUri=https://$KEY_VAULT_NAME.vault.azure.net/secrets/$(secret_name "$1")/)")
+}
+
 main() {
   parse_args "$@"
   check_inputs
   derive_names
   parse_origins
+  read_setting_names
+  load_certificate_file
   collect_secrets
   umask 077 # the package and every secret file are for this user only
   WORK=$(mktemp -d)
@@ -418,11 +550,12 @@ main() {
   deployer_identity
   create_app
   SECRET_REFERENCES=()
-  if ((${#SECRETS[@]})); then
+  if ((${#SECRETS[@]})) || $REDIS; then
     create_vault
   else
     say "no secret in $AUTH_MODE mode: no key vault needed"
   fi
+  if $REDIS; then create_redis; fi
   configure_app
   deploy_code
   summary

@@ -1,10 +1,10 @@
-"""Build the deployment zip: the app's files, minus everything `.funcignore` lists.
+"""Build the deployment zip: the files git tracks, minus everything `.funcignore` lists.
 
 `func azure functionapp publish` honours `.funcignore`; `az functionapp deployment source
-config-zip` takes whatever zip it is given. This builds that zip by the same rules, so
-both ways of deploying ship the same files: no tests, emulator, dev tooling, virtual
-environment or `local.settings.json` (which holds secrets). What `.gitignore` lists is
-left out too (caches, node_modules, build output): what is not committed is not deployed.
+config-zip` takes whatever zip it is given. This builds that zip from the files git tracks
+(`git ls-files`), filtered by `.funcignore`: no tests, emulator or dev tooling, and nothing
+that lies beside the code without being committed (an untracked `.env`, a `*.pem`, a
+`local.settings.json` with secrets, a virtual environment, caches) is ever shipped.
 Requirements are not vendored: the platform installs `requirements.txt` in a remote build.
 
 Usage: python deploy/package.py [--root DIR] (--list | OUTPUT.zip)
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import os
+import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 REQUIRED = ("function_app.py", "host.json", "requirements.txt")
-IGNORE_FILES = (".funcignore", ".gitignore")
+IGNORE_FILES = (".funcignore",)
 # The deploy tooling is never part of the app, whatever .funcignore says.
 ALWAYS_EXCLUDED = ("/deploy/",)
 
@@ -60,19 +60,44 @@ def read_patterns(root: Path) -> list[Pattern]:
     return [Pattern.parse(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def tracked_files(root: Path) -> list[PurePosixPath]:
+    """The files git tracks under root (that still exist), relative to root."""
+    try:
+        listed = subprocess.run(  # noqa: S603  # a fixed command, no shell
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--full-name", "--", "."],  # noqa: S607
+            capture_output=True,
+            check=True,
+        ).stdout
+        top = subprocess.run(  # noqa: S603
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel"],  # noqa: S607
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        raise ValueError(f"{root} is not a git checkout: only files git tracks are packaged") from None
+    base = Path(top).resolve()
+    files = []
+    for name in listed.decode("utf-8").split("\0"):
+        if not name:
+            continue
+        relative = (base / name).relative_to(root.resolve())
+        if (root / relative).is_file():  # tracked but deleted here: nothing to ship
+            files.append(PurePosixPath(relative.as_posix()))
+    return sorted(files)
+
+
 def package_files(root: Path) -> Iterator[PurePosixPath]:
-    """Every file to ship, relative to root, in a stable order; excluded directories are not entered."""
+    """Every file to ship, relative to root, in a stable order: tracked, and neither it nor a folder above excluded."""
     patterns = read_patterns(root)
 
     def excluded(relative: PurePosixPath, is_dir: bool) -> bool:
         return any(p.matches(relative, is_dir) for p in patterns)
 
-    for current, dirs, files in os.walk(root):
-        base = PurePosixPath(Path(current).relative_to(root).as_posix())
-        dirs[:] = sorted(d for d in dirs if not excluded(base / d, True))
-        for name in sorted(files):
-            if not excluded(base / name, False):
-                yield base / name
+    for path in tracked_files(root):
+        folders = [PurePosixPath(*path.parts[:i]) for i in range(1, len(path.parts))]
+        if not excluded(path, False) and not any(excluded(folder, True) for folder in folders):
+            yield path
 
 
 def build(root: Path, output: Path) -> list[str]:

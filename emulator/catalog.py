@@ -9,12 +9,15 @@ The catalogue is data (``catalog.json`` beside this file is the default; ``--cat
         "members": {"user@contoso.com": "Admin", "<app or managed identity client id>": "Member"},
         "datasets": [{"id", "name", "isEffectiveIdentityRequired", "isEffectiveIdentityRolesRequired",
                       "roles": ["Region"]}],
-        "reports": [{"id", "name", "datasetId", "reportType": "PowerBIReport" | "PaginatedReport"}],
+        "reports": [{"id", "name", "datasetId", "reportType": "PowerBIReport" | "PaginatedReport",
+                     "semanticModels": ["<dataset id>"], "datasources": [{"datasourceType", "connectionDetails"}]}],
         "dashboards": [{"id", "displayName", "tiles": [{"id", "title", "reportId", "datasetId"}]}]}]}
 
 A member whose name contains ``@`` is a user, any other an app (service principal or managed identity,
 named by its client id).  A workspace without ``members`` gets ``DEFAULT_MEMBERS``.  A dataset that a report
-names but no workspace declares is implied, without row-level security.  GUIDs compare case-insensitively.
+names but no workspace declares is implied, without row-level security.  A paginated report's data sources are
+its ``semanticModels`` (Power BI datasets, answered as Analysis Services sources) and any other ``datasources``
+as given.  GUIDs compare case-insensitively.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ RLS_ROLES = ("Region", "Manager")
 RLS_REPORT_ID = "2a7c9e1b-4d6f-4a8b-9c1d-3e5f7a9b1c2d"  # on RLS_DATASET_ID
 IDENTITY_DATASET_ID = "6b1d3f5a-7c9e-4b2d-8f1a-3c5e7a9b2d4f"  # identity required, roles not (a live connection)
 IDENTITY_REPORT_ID = "9d2f4b6a-8c1e-4d3f-a5b7-c9e1f3a5b7d9"  # on IDENTITY_DATASET_ID
-PAGINATED_REPORT_ID = "4c8e2a6b-1d3f-4e5a-b7c9-d1e3f5a7b9c1"  # PaginatedReport: no dataset
+PAGINATED_REPORT_ID = "4c8e2a6b-1d3f-4e5a-b7c9-d1e3f5a7b9c1"  # PaginatedReport: no dataset, a SQL source
+PAGINATED_MODEL_REPORT_ID = "c7e9a1b3-5d2f-4c6e-8a0b-2d4f6a8c0e1f"  # PaginatedReport on DATASET_ID (a model)
+PAGINATED_RLS_REPORT_ID = "d8f0b2c4-6e3a-4d7f-9b1c-3e5a7b9d1f2a"  # PaginatedReport on RLS_DATASET_ID
 DASHBOARD_ID = "69ffaa6c-b36d-4d01-96f5-1ed67c64d4af"  # one tile, TILE_ID
 TILE_ID = "312fbfe9-2eda-44e0-9ed0-ab5dc571bb4b"  # on REPORT_ID / DATASET_ID
 RLS_DASHBOARD_ID = "7e3a5c9b-2d4f-4a6b-8c1d-e3f5a7b9c1d3"  # tiles on an RLS and on a plain dataset
@@ -91,6 +96,8 @@ _SCHEMA = {
                         "name": Req(str),
                         "datasetId": str,
                         "reportType": ("PowerBIReport", "PaginatedReport"),
+                        "semanticModels": [str],
+                        "datasources": [dict],
                     }
                 ],
                 "dashboards": [
@@ -125,6 +132,11 @@ def check(catalog: Any) -> None:
             paginated = report.get("reportType") == "PaginatedReport"
             if paginated == ("datasetId" in report):
                 problems.append(f"report {report['id']}: a PowerBIReport needs a datasetId, a PaginatedReport has none")
+            if not paginated and ("semanticModels" in report or "datasources" in report):
+                problems.append(f"report {report['id']}: only a PaginatedReport lists data sources")
+            for model in report.get("semanticModels", []):
+                if find(catalog, "datasets", model) is None:
+                    problems.append(f"report {report['id']}: unknown semantic model {model}")
         for dataset in ws.get("datasets", []):
             if dataset.get("isEffectiveIdentityRolesRequired") and not (
                 dataset.get("isEffectiveIdentityRequired") and dataset.get("roles")
@@ -146,11 +158,13 @@ def workspace(catalog: dict[str, Any], group: str) -> dict[str, Any] | None:
     return next((ws for ws in catalog.get("workspaces", []) if same(ws["id"], group)), None)
 
 
-def items(ws: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    """A workspace's reports, dashboards or datasets (declared, then implied by its reports)."""
+def items(ws: dict[str, Any], kind: str, catalog: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A workspace's reports, dashboards or datasets (declared, then implied by its reports unless a workspace of
+    ``catalog`` declares them: a report may use a dataset of another workspace)."""
     found: list[dict[str, Any]] = list(ws.get(kind, []))
     if kind == "datasets":
-        declared = {d["id"].lower() for d in found}
+        others = (catalog or {}).get("workspaces", [])
+        declared = {d["id"].lower() for w in [ws, *others] for d in w.get("datasets", [])}
         implied = {r["datasetId"].lower(): r["datasetId"] for r in ws.get("reports", []) if "datasetId" in r}
         found += [{"id": i, "name": i} for key, i in implied.items() if key not in declared]
     return found
@@ -161,7 +175,7 @@ def find(catalog: dict[str, Any], kind: str, item_id: str, group: str | None = N
     for ws in catalog.get("workspaces", []):
         if group is not None and not same(ws["id"], group):
             continue
-        if (item := next((i for i in items(ws, kind) if same(i["id"], item_id)), None)) is not None:
+        if (item := next((i for i in items(ws, kind, catalog) if same(i["id"], item_id)), None)) is not None:
             return item | {"workspaceId": ws["id"]}
     return None
 

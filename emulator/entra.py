@@ -22,16 +22,20 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
+import requests
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from requests.adapters import HTTPAdapter
 from werkzeug.wrappers import Request, Response
 
 from emulator.catalog import POWERBI_RESOURCE, same
 from emulator.wire import b64url, b64url_decode, json_response
+from shared.http import new_session
 
 if TYPE_CHECKING:
     from emulator.server import FakeUpstream
@@ -458,3 +462,66 @@ def managed_identity(fake: FakeUpstream, request: Request, body: Any) -> Respons
             "client_id": identity,
         },
     )
+
+
+# -- outages --------------------------------------------------------------------------------------------------
+
+TOKEN_PATH = "/oauth2/v2.0/token"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+def entra_unavailable(
+    fake: FakeUpstream,
+    *,
+    status: int = 503,
+    retry_after: str | None = None,
+    times: int = 1,
+    path: str = TOKEN_PATH,
+) -> None:
+    """Make Entra's token endpoint (or ``path``: the discovery document, the managed identity endpoint) answer
+    the next ``times`` requests with ``status`` (5xx or 429), with ``retry_after`` as given (a number, or
+    something malformed such as ``soon``), with OAuth's ``temporarily_unavailable`` JSON (App Service's
+    error shape for the managed identity endpoint)."""
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    if path == "/msi/token":
+        body: Any = {"statusCode": status, "message": "The service is unavailable.", "correlationId": str(uuid.uuid4())}
+    else:
+        body = {
+            "error": "temporarily_unavailable",
+            "error_description": "The server is temporarily unavailable or is throttling requests.",
+        }
+    method = "POST" if path == TOKEN_PATH else "GET"
+    fake.fault(method, path, status=status, headers=headers, body=body, times=times)
+
+
+# -- reaching the emulator from MSAL ------------------------------------------------------------------------
+
+
+class _PortRouting(HTTPAdapter):
+    """Sends ``https://{host}/...`` (no port) to ``https://{host}:{port}/...``."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=32, max_retries=0)
+        self.port = port
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(request.url or "")
+        if parts.port is None and parts.hostname:
+            request.url = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{self.port}"))
+        return super().send(request, *args, **kwargs)
+
+
+def emulator_session(authority_host: str, session: requests.Session | None = None) -> requests.Session:
+    """A session for the function (``EmbedService.create(settings, session=...)``) that reaches an
+    emulator on a port other than 443.
+
+    MSAL builds its user-realm discovery URL (username-password sign-in) from the authority's host
+    name without its port: ``https://localhost/common/userrealm/...``. Entra ID listens on 443, the
+    emulator does not (tests never bind 443), so this session routes the port-less host to the
+    authority's port. Production needs none of it; the tests and the local host install it.
+    """
+    session = session or new_session()
+    parts = urlsplit(authority_host)
+    if parts.hostname and parts.port not in (None, 443):
+        session.mount(f"https://{parts.hostname}/", _PortRouting(parts.port))
+    return session

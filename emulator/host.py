@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import re
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,40 @@ def _rule_path(prefix: str, template: str) -> str:
     return "/" + "/".join(part for part in (prefix.strip("/"), path) if part)
 
 
+class InvocationContext(func.Context):
+    """The ``func.Context`` the Python worker hands a function that declares a ``context`` parameter."""
+
+    def __init__(self, function_name: str, function_directory: str) -> None:
+        self._invocation_id = str(uuid.uuid4())  # the host makes one per invocation
+        self._function_name = function_name
+        self._function_directory = function_directory
+        self._local = threading.local()
+
+    @property
+    def invocation_id(self) -> str:
+        return self._invocation_id
+
+    @property
+    def function_name(self) -> str:
+        return self._function_name
+
+    @property
+    def function_directory(self) -> str:
+        return self._function_directory
+
+    @property
+    def thread_local_storage(self) -> Any:
+        return self._local
+
+    @property
+    def trace_context(self) -> Any:
+        return None
+
+    @property
+    def retry_context(self) -> Any:
+        return None
+
+
 @dataclass(frozen=True)
 class HttpFunction:
     """One registered HTTP function, as the host lists it at start-up."""
@@ -70,7 +106,8 @@ class FunctionRoutes:
 
     def __init__(self, app: func.FunctionApp, route_prefix: str = "api", keys: Iterable[str] | None = None) -> None:
         self.keys = set(keys) if keys is not None else None
-        self.functions: dict[str, tuple[Callable[[func.HttpRequest], func.HttpResponse], HttpFunction]] = {}
+        self.functions: dict[str, tuple[Callable[..., func.HttpResponse], HttpFunction]] = {}
+        self.contexts: list[InvocationContext] = []  # every invocation's context, newest last (tests read it)
         rules = []
         app.functions_bindings = None  # get_functions() may otherwise be called once per app
         for function in app.get_functions():
@@ -121,7 +158,12 @@ class FunctionRoutes:
             route_params=route_params,
             body=body,
         )
-        return handler(request)
+        if "context" not in inspect.signature(handler).parameters:
+            return handler(request)
+        context = InvocationContext(name, os.getcwd())
+        self.contexts.append(context)
+        del self.contexts[:-100]  # bounded: only the last ones are of interest
+        return handler(request, context=context)
 
     def wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
@@ -383,9 +425,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in settings.apply(os.environ, override=profile):
         print(f"Skipping '{name}' from local settings as it's already defined in current environment variables.")
+    os.environ.setdefault("AZURE_FUNCTIONS_ENVIRONMENT", "Development")  # as Core Tools sets it
     sys.path.insert(0, os.getcwd())
     # Imported only now: function_app reads settings (POWERBI_HTTP_AUTH_LEVEL) at import time.
-    routes = FunctionRoutes(find_app(importlib.import_module("function_app")), route_prefix(Path("host.json")))
+    module = importlib.import_module("function_app")
+    authority = os.environ.get("POWERBI_AUTHORITY_HOST", "")
+    if urlsplit(authority).port not in (None, 443) and hasattr(module, "use_session"):
+        # An emulator on its own port: MSAL's port-less user-realm URL must reach it too.
+        from emulator.entra import emulator_session
+
+        module.use_session(emulator_session(authority))
+    routes = FunctionRoutes(find_app(module), route_prefix(Path("host.json")))
     port = args.port if args.port is not None else settings.port or DEFAULT_PORT
     try:
         host = LocalHost(routes, port=port, cors=cors)

@@ -1,13 +1,16 @@
 """The fake's Power BI REST API (``/v1.0/myorg``), behind bearer tokens issued by the fake Entra ID.
 
 Reads: Groups - Get Groups (only the caller's workspaces), Get Group Users; Reports / Dashboards / Datasets -
-Get ... In Group (list and one); Dashboards - Get Tiles / Get Tile In Group.  Embed tokens: Generate Token (V2),
+Get ... In Group (list and one); Datasets - Get Dataset (by id alone); Reports - Get Datasources In Group;
+Dashboards - Get Tiles / Get Tile In Group.  Embed tokens: Generate Token (V2),
 Reports GenerateTokenInGroup (View, Edit, Create), Reports GenerateTokenForCreateInGroup, Dashboards and
 Tiles GenerateTokenInGroup.
 
 Power BI's rules, enforced (each answer as the service gives it, see the constants below):
 
 * a valid bearer token for the Power BI resource (401 ``TokenExpired`` / ``PowerBINotAuthorizedException``);
+  ``rejected_tokens`` refuses a token still valid by time (revoked: ``PowerBINotAuthorizedException``, or
+  ``TokenExpired`` early) with the same answers;
 * an app (service principal, managed identity) only while ``service_principals_allowed`` (401, with
   ``X-PowerBI-Error-Info: ServicePrincipalIsNotAllowedByTenantAdminSwitch``);
 * the caller is a member of every workspace involved (401 ``PowerBINotAuthorizedException``); unknown ids 404;
@@ -15,7 +18,11 @@ Power BI's rules, enforced (each answer as the service gives it, see the constan
 * effective identities: a dataset without RLS refuses one, a dataset that requires one refuses a token
   without it, roles when roles are required, known roles only; username at most 256 ASCII characters and no
   spaces; at most 50 roles of at most 50 characters without commas; an identity's datasets are the token's;
-* ``trial_tokens_left``: at 0, a token involving a workspace without dedicated capacity is refused (403).
+* ``trial_tokens_left``: at 0, a token involving a workspace without dedicated capacity is refused (403);
+* a paginated report on Power BI semantic models: V2 only, each model in ``datasets`` with ``xmlaPermissions:
+  ReadOnly`` (else 400: the report could not query its data); an effective identity's ``reports`` must be
+  paginated reports of the token, and a paginated report on a model that requires an identity must be named
+  in that identity's ``reports``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ ROLES_REQUIRED = (
     "Creating embed token for accessing dataset {} requires roles to be included in provided effective identity"
 )
 MAX_ITEMS = 50  # V2: reports, datasets, target workspaces; and roles per identity
+MODEL_DATABASE = "sobe_wowvirtualserver-"  # a semantic model's database name as a paginated report's source
 
 _API = "https://api.powerbi.com/v1.0/myorg"
 # Base64 of {"clusterUrl": ...}, exactly as the service appends it to embed URLs.
@@ -108,7 +116,10 @@ def _caller(fake: FakeUpstream, request: Request) -> IssuedAccessToken | Respons
     while the tenant setting forbids service principals."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     issued = fake.access_tokens.get(value) if scheme.lower() == "bearer" else None
-    expired = issued is not None and issued.expires_at <= fake.clock()
+    rejected = fake.rejected_tokens.get(value) if issued is not None else None
+    expired = issued is not None and (issued.expires_at <= fake.clock() or rejected == "TokenExpired")
+    if rejected is not None and not expired:
+        issued = None  # revoked
     if issued is not None and not expired and POWERBI_RESOURCE in issued.scope:
         if issued.principal_type == "App" and not fake.service_principals_allowed:
             return pbi_error(401, NOT_AUTHORIZED, headers={"X-PowerBI-Error-Info": TENANT_SWITCH_INFO})
@@ -247,7 +258,7 @@ def group_items(fake: FakeUpstream, request: Request, body: Any, group: str, kin
     if isinstance(caller := _in_group(fake, request, group), Response):
         return caller
     ws = cat.workspace(fake.catalog, group) or {}
-    values = [_VIEWS[kind](fake, item, ws["id"]) for item in cat.items(ws, kind)]
+    values = [_VIEWS[kind](fake, item, ws["id"]) for item in cat.items(ws, kind, fake.catalog)]
     return _listing(f"groups/{ws['id']}/$metadata#{kind}", _page(request, values))
 
 
@@ -259,6 +270,38 @@ def group_item(fake: FakeUpstream, request: Request, body: Any, group: str, kind
     g = found["workspaceId"]
     context = {"@odata.context": f"{_API}/groups/{g}/$metadata#{kind}/$entity"}
     return json_response(200, context | _VIEWS[kind](fake, found, g))
+
+
+def dataset_by_id(fake: FakeUpstream, request: Request, body: Any, item: str) -> Response:
+    """Datasets - Get Dataset: a dataset in any workspace the caller is a member of."""
+    if isinstance(bearer := _caller(fake, request), Response):
+        return bearer
+    if (found := cat.find(fake.catalog, "datasets", item)) is None:
+        return pbi_error(404, "PowerBIEntityNotFound")
+    if refused := _refusal(fake, bearer, [found["workspaceId"]]):
+        return refused
+    g = found["workspaceId"]
+    return json_response(200, {"@odata.context": f"{_API}/$metadata#datasets/$entity"} | _dataset_view(fake, found, g))
+
+
+def datasources(fake: FakeUpstream, request: Request, body: Any, group: str, item: str) -> Response:
+    """Reports - Get Datasources In Group.  A semantic model answers as the service does: an AnalysisServices
+    source on ``pbiazure://<the API host>`` whose database is ``sobe_wowvirtualserver-<dataset id>``."""
+    if isinstance(caller := _in_group(fake, request, group), Response):
+        return caller
+    if (report := cat.find(fake.catalog, "reports", item, group)) is None:
+        return pbi_error(404, "PowerBIEntityNotFound")
+    values = [
+        {
+            "datasourceType": "AnalysisServices",
+            "connectionDetails": {"server": f"pbiazure://{request.host}", "database": f"{MODEL_DATABASE}{model}"},
+            "datasourceId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{report['id']}/{model}")),
+            "gatewayId": str(uuid.uuid5(uuid.NAMESPACE_URL, "pbiazure")),
+        }
+        for model in report.get("semanticModels", [])
+    ]
+    values += copy.deepcopy(report.get("datasources", []))
+    return _listing(f"groups/{report['workspaceId']}/$metadata#datasources", values)
 
 
 def tiles(fake: FakeUpstream, request: Request, body: Any, group: str, item: str, tile: str | None = None) -> Response:
@@ -301,10 +344,16 @@ def _validated(body: Any, schema: dict[str, Any]) -> Response | None:
     return None if error is None else _invalid(error)
 
 
-def _identity_error(fake: FakeUpstream, identities: list[dict[str, Any]], dataset_ids: list[str]) -> str | None:
-    """Why Power BI refuses these effective identities for a token on these datasets, or None."""
+def _identity_error(
+    fake: FakeUpstream, identities: list[dict[str, Any]], dataset_ids: list[str], paginated: list[str] | None = None
+) -> str | None:
+    """Why Power BI refuses these effective identities for a token on these datasets (and paginated reports),
+    or None."""
     wanted = {d.lower(): d for d in dataset_ids}
+    pages = {r.lower() for r in paginated or []}
     for identity in identities:
+        if stray_reports := [r for r in identity.get("reports", []) if r.lower() not in pages]:
+            return f"Report {stray_reports[0]} of the effective identity is not a paginated report of the token"
         username, roles = identity.get("username"), identity.get("roles", [])
         if username is None and "identityBlob" not in identity:
             return "An effective identity needs a username or an identityBlob"
@@ -339,10 +388,11 @@ def _issue(
     kind: str,
     datasets: list[str],
     workspaces: list[str],
+    paginated: list[str] | None = None,
 ) -> Response:
     """Apply the identity rules and the trial quota, then answer a new embed token."""
     identities = body.get("identities", [])
-    if (error := _identity_error(fake, identities, datasets)) is not None:
+    if (error := _identity_error(fake, identities, datasets, paginated)) is not None:
         return _invalid(error)
     shared = any(not (cat.workspace(fake.catalog, w) or {}).get("isOnDedicatedCapacity") for w in workspaces)
     if shared and fake.trial_tokens_left is not None:
@@ -389,14 +439,38 @@ def generate_v2(fake: FakeUpstream, request: Request, body: Any) -> Response:
     # A V2 token grants nothing implicitly: a report can only load data if its dataset is granted by the same
     # token, so the service refuses a report whose dataset is missing from "datasets".
     granted = {d["id"].lower() for d in datasets}
+    read_only = {d["id"].lower() for d in datasets if d.get("xmlaPermissions") == "ReadOnly"}
+    paginated = []
     for r, report in zip(reports, found, strict=False):
         if report is None or "datasetId" not in report:  # a paginated report has no dataset
             if r.get("allowEdit"):
                 return _invalid(f"Paginated report {r['id']} cannot be edited")
+            paginated.append(r["id"])
+            # It queries its semantic models over XMLA: each must be granted read-only XMLA access.
+            for model in (report or {}).get("semanticModels", []):
+                if model.lower() not in read_only:
+                    return _invalid(
+                        f"Dataset {model} of paginated report {r['id']} must be listed in 'datasets' with "
+                        "xmlaPermissions ReadOnly"
+                    )
+                if error := _paginated_identity_error(fake, body.get("identities", []), model, r["id"]):
+                    return _invalid(error)
             continue
         if report["datasetId"].lower() not in granted:
             return _invalid(f"Dataset {report['datasetId']} of report {r['id']} must be listed in 'datasets'")
-    return _issue(fake, bearer, body, "v2", [d["id"] for d in datasets], workspaces)
+    return _issue(fake, bearer, body, "v2", [d["id"] for d in datasets], workspaces, paginated)
+
+
+def _paginated_identity_error(fake: FakeUpstream, identities: list[dict[str, Any]], model: str, report: str) -> str:
+    """A paginated report on a model that requires an identity must be named in that identity's reports."""
+    if not (cat.find(fake.catalog, "datasets", model) or {}).get("isEffectiveIdentityRequired"):
+        return ""
+    for identity in identities:
+        if model.lower() in {d.lower() for d in identity["datasets"]}:
+            if report.lower() in {r.lower() for r in identity.get("reports", [])}:
+                return ""
+            return f"The effective identity for dataset {model} must list paginated report {report} in 'reports'"
+    return ""  # no identity at all: the dataset rules answer that
 
 
 def generate_in_group(

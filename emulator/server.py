@@ -20,7 +20,8 @@ issued (``access_tokens``, ``embed_tokens`` with their effective identities).  S
 ``throttle()``, ``latency`` (all Power BI answers), ``latency_for(path, seconds)``, ``fail_sign_in`` (a queue of
 AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting), ``next_lifetimes`` /
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,
-``trial_tokens_left``, ``set_member()``.  ``reset()`` clears records and scripted trouble and restores the
+``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early).
+``reset()`` clears records and scripted trouble and restores the
 catalogue and tenant settings.
 
 Standalone::
@@ -116,6 +117,8 @@ _ROUTES = Routes(
         Rule(f"{_GROUP}/users", endpoint=powerbi.group_users, methods=["GET"]),
         Rule(f"{_GROUP}/<any(reports,dashboards,datasets):kind>", endpoint=powerbi.group_items, methods=["GET"]),
         Rule(f"{_GROUP}/<any(reports,dashboards,datasets):kind>/<item>", endpoint=powerbi.group_item, methods=["GET"]),
+        Rule(f"{_GROUP}/reports/<item>/datasources", endpoint=powerbi.datasources, methods=["GET"]),
+        Rule(f"{_PBI}/datasets/<item>", endpoint=powerbi.dataset_by_id, methods=["GET"]),
         Rule(f"{_GROUP}/dashboards/<item>/tiles", endpoint=powerbi.tiles, methods=["GET"]),
         Rule(f"{_GROUP}/dashboards/<item>/tiles/<tile>", endpoint=powerbi.tiles, methods=["GET"]),
         Rule(f"{_PBI}/GenerateToken", endpoint=powerbi.generate_v2, methods=["POST"]),
@@ -223,6 +226,9 @@ class FakeUpstream:
         self.embed_token_default_minutes = 60
         self.latency = 0.0  # seconds added to every Power BI answer
         self.path_latency: dict[str, float] = {}  # path part -> seconds added to matching answers
+        # Entra access token -> the 401 code Power BI answers it with although it is valid by time:
+        # "TokenExpired" (expired early) or anything else (revoked: PowerBINotAuthorizedException).
+        self.rejected_tokens: dict[str, str] = {}
         # Records.
         self.requests: list[Recorded] = []
         self.issued_request_ids: list[str] = []
@@ -363,13 +369,14 @@ class FakeUpstream:
             self.issued_request_ids.clear()
 
     def clear_faults(self) -> None:
-        """Drop scripted behaviour: faults, fail_sign_in, next_lifetimes and latency."""
+        """Drop scripted behaviour: faults, fail_sign_in, next_lifetimes, latency and rejected tokens."""
         with self._lock:
             self._faults.clear()
             self.fail_sign_in.clear()
             self.next_lifetimes.clear()
             self.latency = 0.0
             self.path_latency.clear()
+            self.rejected_tokens.clear()
 
     def reset(self) -> None:
         """Clear records and scripted behaviour, and restore the catalogue, identities and settings as
@@ -379,6 +386,12 @@ class FakeUpstream:
         with self._lock:
             for name, value in self._restored.items():
                 setattr(self, name, copy.deepcopy(value))
+
+    def reject_token(self, access_token: str, code: str = "revoked") -> None:
+        """Make Power BI refuse ``access_token`` from now on although it has not expired: 401 ``TokenExpired``
+        with ``code="TokenExpired"``, else 401 PowerBINotAuthorizedException (a revoked token)."""
+        with self._lock:
+            self.rejected_tokens[access_token] = code
 
     def latency_for(self, path_contains: str, seconds: float) -> None:
         """Add ``seconds`` to every answer whose path contains ``path_contains`` (0 removes it)."""

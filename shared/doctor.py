@@ -1,6 +1,6 @@
 """The doctor: a checklist a person can act on, for when the function does not work yet.
 
-    python -m shared.doctor            # check local.settings.json (or the environment)
+    python -m shared.doctor            # check the environment over local.settings.json, as the host does
     python -m shared.doctor --list     # list workspaces, reports and dashboards with their ids
     python -m shared.doctor --settings path/to/local.settings.json
 
@@ -17,8 +17,10 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -57,32 +59,57 @@ class Report:
         self.line("FAIL", text, fix)
 
 
-def load_env(settings_file: Path | None, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
-    """The settings as the function would see them: local.settings.json Values over the environment."""
+ENVIRONMENT = "the environment"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The settings the function would run with, and where each value came from."""
+
+    values: dict[str, str]
+    origins: dict[str, str]  # setting name -> "the environment" or the settings file's path
+    description: str  # for the section title
+
+
+def load_env(settings_file: Path | None, environ: Mapping[str, str]) -> Loaded:
+    """The settings as the function sees them: environment variables over local.settings.json.
+
+    Core Tools and the Functions host copy a ``Values`` entry into the environment only when
+    the environment has no (non-empty) value of that name, so the environment wins.
+    """
     path = settings_file or Path("local.settings.json")
-    if path.is_file():
-        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
-        return {**environ, **{k: str(v) for k, v in values.items()}}, str(path)
-    if settings_file:
-        raise SystemExit(f"{settings_file} does not exist")
-    return dict(environ), "the environment"
+    if not path.is_file():
+        if settings_file:
+            raise SystemExit(f"{settings_file} does not exist")
+        return Loaded(dict(environ), {name: ENVIRONMENT for name in environ}, "the environment")
+    file_values = {k: str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).get("Values", {}).items()}
+    values: dict[str, str] = dict(environ)
+    origins = {name: ENVIRONMENT for name in environ}
+    for name, value in file_values.items():
+        if environ.get(name):
+            origins[name] = f"{ENVIRONMENT}, over {path}"
+        else:
+            values[name], origins[name] = value, str(path)
+    return Loaded(values, origins, f"the environment, then {path}")
 
 
-def check_settings(env: Mapping[str, str], source: str, report: Report, listing: bool = False) -> Settings | None:
-    report.section(f"Settings (from {source})")
+def check_settings(loaded: Loaded, report: Report, listing: bool = False) -> Settings | None:
+    env = loaded.values
+    report.section(f"Settings (from {loaded.description})")
     unset = []
     for name in SETTING_NAMES:
         value = env.get(name, "").strip()
+        origin = loaded.origins.get(name, ENVIRONMENT)
         if not value:
             unset.append(name)
         elif KEY_VAULT_REFERENCE.match(value):
             report.fail(
-                f"{name}: an unresolved Key Vault reference",
+                f"{name}: an unresolved Key Vault reference (from {origin})",
                 "give the app's managed identity 'Key Vault Secrets User' on the vault and check the secret "
                 "exists; locally, `az login` first",
             )
         else:
-            report.line("", f"{name} = {'(set)' if name in SECRET_SETTINGS else value}")
+            report.line("", f"{name} = {'(set)' if name in SECRET_SETTINGS else value}  (from {origin})")
     report.line("", f"unset (defaults apply): {', '.join(unset)}")
     if listing and not (env.get("POWERBI_WORKSPACE_ID") or env.get("POWERBI_ALLOWED_WORKSPACES")):
         # --list needs only the sign-in settings: finding the workspace id is what it is for.
@@ -95,6 +122,30 @@ def check_settings(env: Mapping[str, str], source: str, report: Report, listing:
         return None
     report.ok(f"complete: {settings.auth_mode} ({settings.client_type}), cloud {settings.cloud}")
     return settings
+
+
+def check_shared_cache(settings: Settings, report: Report) -> None:
+    """The shared cache (POWERBI_CACHE_URL): warnings only, since the function works without it."""
+    config = settings.shared_cache
+    if config is None:
+        return
+    from shared.shared_cache import SharedCache
+
+    where = urlsplit(config.url)
+    auth = "Entra ID (the app's managed identity)" if config.uses_entra else "a password"
+    report.section(f"Shared cache ({where.scheme}://{where.hostname}:{where.port or 6379}, {auth})")
+    report.ok(f"POWERBI_CACHE_ENCRYPTION_KEY: {len(config.encryption_key)} bytes, AES-256-GCM")
+    cache = SharedCache.create(settings)
+    assert cache is not None
+    probe = cache.probe()
+    for ok, text in probe.lines:
+        if ok:
+            report.ok(text)
+        else:
+            report.warn(
+                text,
+                "the function still works, without the shared cache: each instance calls Power BI for itself",
+            )
 
 
 def identity(settings: Settings) -> str:
@@ -268,10 +319,11 @@ def main(
     parser.add_argument("--settings", type=Path, help="a local.settings.json (default: ./local.settings.json if any)")
     args = parser.parse_args(argv)
     report = Report(out or sys.stdout)
-    env, source = load_env(args.settings, os.environ if environ is None else environ)
-    settings = check_settings(env, source, report, listing=args.list)
+    loaded = load_env(args.settings, os.environ if environ is None else environ)
+    settings = check_settings(loaded, report, listing=args.list)
     ok = False
     if settings is not None:
+        check_shared_cache(settings, report)
         service = EmbedService.create(settings, session=session)
         with call_context(Deadline.after(SYSTEM_CLOCK, DEADLINE_SECONDS)):
             token = check_sign_in(service, report)

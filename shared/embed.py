@@ -1,36 +1,42 @@
-"""The embed service: who may have a token (policy), and tokens reused while they last (cache).
+"""The embed service: who may have a token (policy), what it covers (catalog), and reuse (cache).
 
-Policy is checked before any upstream call, so a denied request costs Power BI
-nothing. Embed tokens are cached per (type, workspace, items, access level,
-identity) and handed out again while at least POWERBI_MIN_TOKEN_MINUTES remain;
-items (embed URLs, datasets) and datasets' row-level-security flags are cached too.
-Concurrent requests for the same key share one upstream call: the Python worker
-runs synchronous handlers on a thread pool.
+The flow of one request, top to bottom (``EmbedService.embed``):
 
-Row-level security: an effective identity goes exactly to the datasets that require
-one (Power BI refuses it for the others), and a dataset that requires one while the
-function has none to give is a configuration error, not a Power BI error.
+1. policy (``_authorize``): ids, access level, workspace and item allow-lists, before any upstream call,
+   so a denied request costs Power BI nothing;
+2. plan (``_plan``): the items, their datasets and row-level-security flags from the workspace catalog
+   (``shared.catalog``), and the effective identity for exactly the datasets that require one (Power BI
+   refuses it for the others); a dataset that requires one while the function has none to give is a
+   configuration error, not a Power BI error;
+3. the token (``TieredCache.get_or_load``): the canonical key (the set of items in any order and case,
+   the access level, and the identity only when a dataset requires it) is looked up among the bounded
+   cached tokens; on a miss one GenerateToken is made, shared by concurrent requests for that key.
+
+Power BI is called with one ``Bearer`` per request: the Entra token is fetched only if something must be
+read or minted, and replaced once if Power BI rejects it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import threading
-from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import requests
 
+from shared.cache import SharedStore, TieredCache
+from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.entra import EntraTokenProvider
-from shared.errors import ConfigurationError, InvalidRequest, NotAllowed, UpstreamTimeout
+from shared.errors import ConfigurationError, InvalidRequest, NotAllowed
 from shared.http import HttpClient, call_context
 from shared.identity import Identity
-from shared.powerbi import Dataset, EmbedToken, Item, PowerBIClient, TokenRequest
+from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
 from shared.settings import Settings, parse_guid
+from shared.shared_cache import RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,23 +45,42 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 # Extra life asked of the Entra token beyond the embed token's minimum, so that the
 # embed token it makes can still have the minimum after the GenerateToken round trip.
 ENTRA_MARGIN_SECONDS = 120
-# Embed URLs do not change, but a report can be rebound to another dataset, and a
-# dataset's row-level-security roles can change.
-ITEM_TTL_SECONDS = 3600
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
 @dataclass(frozen=True)
 class EmbedRequest:
-    """What a caller may have, once policy has allowed it; also the embed-token cache key."""
+    """What a caller may have, once policy has allowed it."""
 
     kind: Kind
     workspace_id: str
-    ids: tuple[str, ...]  # report ids; (dashboard,); (dashboard, tile); (dataset,) for create
+    ids: tuple[str, ...]  # report ids (request order, no repeats); (dashboard,); (dashboard, tile); (dataset,)
     access_level: str = "View"
     identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class TokenKey:
+    """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
+    and with the identity only when one of the token's datasets requires it (it is then the one sent)."""
+
+    kind: Kind
+    workspace_id: str
+    ids: tuple[str, ...]  # sorted for several reports
+    access_level: str
+    identity: Identity | None
+
+    def text(self) -> str:
+        identity = dataclasses.asdict(self.identity) if self.identity else None
+        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity]
+        return json.dumps(parts, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one token is for: its cache key and the GenerateToken it takes on a miss."""
+
+    key: TokenKey
+    request: TokenRequest
 
 
 @dataclass(frozen=True)
@@ -97,62 +122,76 @@ class Embed:
         }
 
 
-class SingleFlight(Generic[K, V]):
-    """Concurrent calls for one key run the work once; the others wait for its result."""
+class EmbedCodec:
+    """Embed values as JSON-able dicts, for a shared cache level."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._flights: dict[K, Future[V]] = {}
+    def to_json(self, value: Embed) -> dict[str, Any]:
+        return {
+            "kind": value.kind,
+            "items": [i.to_json() for i in value.items],
+            "token": value.token.to_json(),
+            "dataset": value.dataset.to_json() if value.dataset else None,
+        }
 
-    def run(self, key: K, work: Callable[[], V], timeout: Callable[[], float]) -> tuple[V, bool]:
-        """(the result, whether this call did the work)."""
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = Future()
-        if not leader:
-            try:
-                return flight.result(timeout=max(0.0, timeout())), False
-            except FutureTimeout:
-                raise UpstreamTimeout(
-                    "Power BI did not answer in time.", cause="waited too long for a concurrent request"
-                ) from None
-        try:
-            flight.set_result(work())
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiters, then re-raised below
-            # Shared with the callers waiting now, not kept: the next request tries again.
-            flight.set_exception(exc)
-        finally:
-            with self._lock:
-                del self._flights[key]
-        return flight.result(), True
+    def from_json(self, data: dict[str, Any]) -> Embed:
+        return Embed(
+            data["kind"],
+            tuple(Item.from_json(i) for i in data["items"]),
+            EmbedToken.from_json(data["token"]),
+            Dataset.from_json(data["dataset"]) if data["dataset"] else None,
+        )
 
 
 class EmbedService:
     def __init__(
-        self, settings: Settings, tokens: EntraTokenProvider, powerbi: PowerBIClient, clock: Clock = SYSTEM_CLOCK
+        self,
+        settings: Settings,
+        tokens: EntraTokenProvider,
+        powerbi: PowerBIClient,
+        clock: Clock = SYSTEM_CLOCK,
+        store: SharedStore | None = None,
     ) -> None:
+        """``store``: an optional second cache level shared between workers, for tokens and the catalog."""
         self.settings = settings
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
         self._min_seconds = settings.min_token_minutes * 60
-        self._embeds: dict[EmbedRequest, Embed] = {}
-        self._metadata: dict[tuple[str, ...], tuple[Any, float]] = {}
-        self._flights: SingleFlight[EmbedRequest, Embed] = SingleFlight()
+        self.catalog = Catalog(
+            powerbi, settings.catalog_ttl_seconds, settings.catalog_refresh_seconds, clock=clock, store=store
+        )
+        # A token is kept while it can still be handed out with the minimum life left.
+        self.embeds: TieredCache[TokenKey, Embed] = TieredCache(
+            "embed",
+            settings.cache_max_tokens,
+            lambda embed: embed.token.expires_at - self._min_seconds,
+            clock=clock,
+            store=store,
+            codec=EmbedCodec(),
+            key_text=TokenKey.text,
+        )
 
     @classmethod
     def create(
-        cls, settings: Settings, clock: Clock = SYSTEM_CLOCK, session: requests.Session | None = None
+        cls,
+        settings: Settings,
+        clock: Clock = SYSTEM_CLOCK,
+        session: requests.Session | None = None,
+        store: SharedStore | None = None,
     ) -> EmbedService:
-        """The service with its collaborators: one HTTP session and one MSAL application."""
+        """The service with its collaborators: one HTTP session and one MSAL application.
+
+        Without a ``store``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
+        """
+        if store is None:
+            store = RedisStore.create(settings, clock)
         http = HttpClient(session, clock)
         return cls(
             settings,
             EntraTokenProvider(settings, http, clock),
             PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes, settings.profile_id),
             clock,
+            store,
         )
 
     def embed(
@@ -166,11 +205,13 @@ class EmbedService:
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
         with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
-            embed = self._fresh(request)
-            outcome = "hit"
-            if embed is None:
-                embed, leader = self._flights.run(request, lambda: self._issue(request), context.deadline.remaining)
-                outcome = "miss" if leader else "shared"
+            bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
+            plan = self._plan(request, bearer)
+            embed, outcome = self.embeds.get_or_load(
+                plan.key,
+                lambda: self._mint(bearer, request.kind, plan.request),
+                context.deadline.remaining,
+            )
             logger.info(
                 "embed %s %s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
                 "request_ids=%s token_id=%s",
@@ -178,13 +219,16 @@ class EmbedService:
                 ",".join(request.ids),
                 request.workspace_id,
                 request.access_level,
-                "yes" if identity else "no",
+                "yes" if plan.key.identity else "no",
                 outcome,
                 context.upstream_calls,
                 context.upstream_seconds * 1000,
                 ",".join(context.request_ids) or "-",
                 embed.token.token_id,
             )
+        if kind == "reports":  # the items in the order asked for; the token is the same for any order
+            by_id = {item.id: item for item in embed.items}
+            embed = dataclasses.replace(embed, items=tuple(by_id[i] for i in request.ids))
         return embed
 
     def _authorize(
@@ -228,46 +272,44 @@ class EmbedService:
             raise NotAllowed("Editing and creating reports is not allowed (POWERBI_ALLOW_EDIT is not true).")
         return EmbedRequest(kind, workspace, tuple(ids), level, identity)
 
-    def _fresh(self, request: EmbedRequest) -> Embed | None:
-        embed = self._embeds.get(request)
-        if embed and embed.token.expires_at - self.clock.now() >= self._min_seconds:
-            return embed
-        return None
-
-    def _issue(self, request: EmbedRequest) -> Embed:
-        # A flight that ended just before this one started may have filled the cache.
-        embed = self._fresh(request)
-        if embed:
-            return embed
-        access = self.tokens.token(self._min_seconds + ENTRA_MARGIN_SECONDS).value
-        ws, ids = request.workspace_id, request.ids
-        dataset: Dataset | None = None
+    def _plan(self, request: EmbedRequest, bearer: Bearer) -> Plan:
+        """Items, datasets and identity from the catalog (a 404 for an id it does not hold), and the key."""
+        ws, ids, catalog = request.workspace_id, request.ids, self.catalog
+        create_on: Dataset | None = None
+        items: tuple[Item, ...] = ()
+        models: dict[str, tuple[Dataset, ...]] = {}  # paginated report id -> its semantic models
         if request.kind == "create":
-            dataset = self._dataset(access, ws, ids[0])
-            items: tuple[Item, ...] = ()
-            behind: tuple[tuple[str, str], ...] = ((ws, dataset.id),)
+            create_on = catalog.dataset(bearer, ws, ids[0])
+            behind = [create_on]
         else:
             if request.kind == "tile":
-                items = (self._item(access, "tile", ws, ids),)
+                items = (catalog.tile(bearer, ws, ids[0], ids[1]),)
+            elif request.kind == "dashboard":
+                items = (catalog.dashboard(bearer, ws, ids[0]),)
             else:
-                kind: Kind = "dashboard" if request.kind == "dashboard" else "report"
-                items = tuple(self._item(access, kind, ws, (item_id,)) for item_id in ids)
-            behind = tuple(sorted({d for item in items for d in item.datasets}))
+                items = tuple(catalog.report(bearer, ws, report_id) for report_id in sorted(ids))
+                models = {i.id: found for i in items if (found := catalog.semantic_models(bearer, i))}
+            pairs = sorted({d for item in items for d in item.datasets})
+            behind = [catalog.dataset(bearer, dws, ds) for dws, ds in pairs]
+            behind += [m for found in models.values() for m in found if m.id not in {d for _, d in pairs}]
+        identity = self._identity(behind, models, request.identity)
+        key_ids = tuple(sorted(ids)) if request.kind == "reports" else ids
+        key_identity = request.identity if identity else None
+        key = TokenKey(request.kind, ws, key_ids, request.access_level, key_identity)
+        read_only = tuple(sorted({m.id for found in models.values() for m in found}))
         token_request = TokenRequest(
-            items, request.access_level == "Edit", dataset, self._identities(access, behind, request.identity)
+            items, request.access_level == "Edit", create_on, (identity,) if identity else (), read_only
         )
-        embed = Embed(request.kind, items, self.powerbi.generate_token(access, token_request), dataset)
-        self._embeds[request] = embed
-        return embed
+        return Plan(key, token_request)
 
-    def _identities(
-        self, access: str, datasets: tuple[tuple[str, str], ...], identity: Identity | None
-    ) -> tuple[tuple[str, tuple[str, ...], str | None, tuple[str, ...]], ...]:
-        """The effective identity, for exactly the datasets that require one."""
-        needing = [self._dataset(access, ws, ds) for ws, ds in datasets]
-        needing = [d for d in needing if d.identity_required]
+    def _identity(
+        self, datasets: list[Dataset], models: dict[str, tuple[Dataset, ...]], identity: Identity | None
+    ) -> EffectiveIdentity | None:
+        """The effective identity, for exactly the datasets that require one (and the paginated reports on
+        them), or None when none does."""
+        needing = sorted({d.id: d for d in datasets if d.identity_required}.values(), key=lambda d: d.id)
         if not needing:
-            return ()
+            return None
         names = ", ".join(d.id for d in needing)
         if identity is None:
             raise ConfigurationError(
@@ -276,28 +318,19 @@ class EmbedService:
                 "identity is sent."
             )
         if any(d.roles_required for d in needing) and not identity.roles:
+            if self.settings.rls_roles_source == "principal":
+                # The user's own roles were all outside POWERBI_RLS_ALLOWED_ROLES: their account, not the
+                # configuration, is what lacks a role for this data.
+                raise NotAllowed(
+                    f"Dataset {names} requires a row-level-security role, and the signed-in user has none "
+                    "listed in POWERBI_RLS_ALLOWED_ROLES."
+                )
             raise ConfigurationError(f"Dataset {names} requires row-level-security roles: set POWERBI_RLS_ROLES.")
-        return ((identity.username, identity.roles, identity.custom_data, tuple(d.id for d in needing)),)
-
-    def _item(self, access: str, kind: Kind, workspace_id: str, ids: tuple[str, ...]) -> Item:
-        def fetch() -> Item:
-            if kind == "tile":
-                return self.powerbi.get_tile(access, workspace_id, ids[0], ids[1])
-            if kind == "dashboard":
-                return self.powerbi.get_dashboard(access, workspace_id, ids[0])
-            return self.powerbi.get_report(access, workspace_id, ids[0])
-
-        return self._cached(("item", kind, workspace_id, *ids), fetch)
-
-    def _dataset(self, access: str, workspace_id: str, dataset_id: str) -> Dataset:
-        return self._cached(
-            ("dataset", workspace_id, dataset_id), lambda: self.powerbi.get_dataset(access, workspace_id, dataset_id)
+        reports = tuple(sorted(r for r, found in models.items() if any(m.identity_required for m in found)))
+        return EffectiveIdentity(
+            identity.username, identity.roles, identity.custom_data, tuple(d.id for d in needing), reports
         )
 
-    def _cached(self, key: tuple[str, ...], fetch: Callable[[], V]) -> V:
-        """Metadata (items, datasets) kept for ITEM_TTL_SECONDS."""
-        value, fetched_at = self._metadata.get(key, (None, 0.0))
-        if value is None or self.clock.now() - fetched_at > ITEM_TTL_SECONDS:
-            value = fetch()
-            self._metadata[key] = (value, self.clock.now())
-        return value  # type: ignore[no-any-return]
+    def _mint(self, bearer: Bearer, kind: Kind, request: TokenRequest) -> Embed:
+        token = bearer.call(lambda access: self.powerbi.generate_token(access, request))
+        return Embed(kind, request.items, token, request.create_on)

@@ -10,28 +10,59 @@
   outlives the Entra token that made it.
 - One sign-in at a time: concurrent cold requests wait for the first one's token
   instead of each signing in.
+- Entra ID down or throttling (5xx, 429, unreachable, after the HTTP client's bounded
+  retries, or MSAL's replay of such an answer) is ``503 signin_unavailable`` with a
+  Retry-After, never a sign-in refusal; refusals (AADSTS codes) are ``502 sign_in_failed``.
+- Every secret and token it holds or is given is registered with ``shared.redact``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+import jwt
 import msal
 import requests
 
 from shared.clock import Clock
-from shared.errors import SignInFailed, UpstreamTimeout, sign_in_message
-from shared.http import HttpClient, current_context
+from shared.errors import (
+    ConfigurationError,
+    EmbedError,
+    SignInFailed,
+    SignInUnavailable,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    sign_in_message,
+)
+from shared.http import HttpClient, current_context, retry_after_seconds
+from shared.redact import register_secret
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _AADSTS = re.compile(r"AADSTS(\d+)")
+# When Entra ID is down or throttling without saying for how long: MSAL itself replays such a
+# failure for 5 s before it asks again, so sooner would only get the replay.
+DEFAULT_RETRY_AFTER_SECONDS = 5
+# What MSAL raises, or lets through from our HTTP client, when a sign-in cannot be completed:
+# MsalServiceError for a 5xx, ValueError for an unreadable answer or unusable settings,
+# RuntimeError and requests' errors from OpenID discovery, PyJWT's errors for a key it cannot
+# sign with, and our own HttpClient failures.
+_MSAL_FAILURES = (
+    msal.exceptions.MsalServiceError,
+    ValueError,
+    jwt.PyJWTError,
+    RuntimeError,
+    requests.RequestException,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+)
 
 
 @dataclass(frozen=True)
@@ -43,33 +74,54 @@ class AccessToken:
     from_cache: bool = False
 
 
-class MsalHttpClient:
-    """The ``http_client`` MSAL calls: our HttpClient, plus the authority's port.
+@dataclass(frozen=True)
+class EntraAnswer:
+    """How Entra ID last answered MSAL: the status (0 when it could not be reached), when, and the
+    Retry-After it asked for (None when absent or malformed)."""
 
-    MSAL builds its user-realm discovery URL from the authority's host name without
-    its port (``https://{host}/common/userrealm/...``). With an authority on a
-    non-default port (the local emulator) that call would go to port 443, so it is
-    sent to the authority's port.
+    url: str
+    status: int
+    at: float  # monotonic seconds
+    retry_after: float | None = None
+    readable: bool = True  # a JSON object, as every Entra answer is
+
+    @property
+    def unavailable(self) -> bool:
+        """Down, overloaded or throttling: worth trying again later, not a refusal."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+class MsalHttpClient:
+    """The ``http_client`` MSAL calls: our HttpClient (retries, deadline), recording Entra's last answer.
+
+    MSAL turns Entra's failures into different things (an ``MsalServiceError`` for a 5xx, a dict for a
+    429 or a managed identity failure, a ``ValueError`` for a body that is not JSON) and, for a few
+    seconds, replays a recent 429 or 5xx without calling out. What Entra really answered, kept here,
+    is what tells unavailability from a refusal.
     """
 
-    def __init__(self, http: HttpClient, authority_host: str) -> None:
+    def __init__(self, http: HttpClient) -> None:
         self.http = http
-        parts = urlsplit(authority_host)
-        self._portless = f"https://{parts.hostname}/"
-        self._ported = f"https://{parts.hostname}:{parts.port}/" if parts.port not in (None, 443) else None
+        self.last: EntraAnswer | None = None
 
-    def _route(self, url: str) -> str:
-        if self._ported and url.lower().startswith(self._portless):
-            return self._ported + url[len(self._portless) :]
-        return url
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        clock = self.http.clock
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except (UpstreamUnreachable, UpstreamTimeout):
+            self.last = EntraAnswer(_host(url), 0, clock.monotonic())
+            raise
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        self.last = EntraAnswer(_host(url), response.status_code, clock.monotonic(), retry_after, _is_json(response))
+        return response
 
     def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> requests.Response:
-        return self.http.request("GET", self._route(url), params=params, headers=headers, **kwargs)
+        return self._send("GET", url, params=params, headers=headers, **kwargs)
 
     def post(
         self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
     ) -> requests.Response:
-        return self.http.request("POST", self._route(url), params=params, data=data, headers=headers, **kwargs)
+        return self._send("POST", url, params=params, data=data, headers=headers, **kwargs)
 
     def close(self) -> None:
         """The session belongs to the worker, not to MSAL: nothing to close."""
@@ -79,10 +131,19 @@ class EntraTokenProvider:
     def __init__(self, settings: Settings, http: HttpClient, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self._http = MsalHttpClient(http, settings.authority_host)
+        self._http = MsalHttpClient(http)
         self._cache = msal.TokenCache()
         self._app: msal.ClientApplication | msal.ManagedIdentityClient | None = None
         self._lock = threading.Lock()
+        # Everything the process holds that could sign in, kept out of every log line.
+        certificate = settings.client_certificate
+        for secret in (
+            settings.password,
+            settings.client_secret,
+            certificate.private_key if certificate else None,
+            os.environ.get("IDENTITY_HEADER") if settings.auth_mode == "ManagedIdentity" else None,
+        ):
+            register_secret(secret, lasting=True)
 
     def token(self, min_seconds: float, *, fresh: bool = False) -> AccessToken:
         """A Power BI access token with at least ``min_seconds`` of life left.
@@ -136,6 +197,7 @@ class EntraTokenProvider:
                     "private_key": s.client_certificate.private_key,
                     "public_certificate": s.client_certificate.certificate,
                 }
+            self._http.last = None
             try:
                 if credential:
                     self._app = msal.ConfidentialClientApplication(s.client_id, client_credential=credential, **common)
@@ -145,16 +207,8 @@ class EntraTokenProvider:
                         "deprecates for username and password; set a client secret to use a confidential client"
                     )
                     self._app = msal.PublicClientApplication(s.client_id, **common)
-            except (ValueError, RuntimeError, requests.HTTPError) as exc:
-                # MSAL raises these when the authority's OpenID configuration cannot be read:
-                # an unknown tenant (AADSTS90002) or a host that is not Entra ID.
-                code = _aadsts(f"{exc} {exc.__context__}")  # MSAL keeps Entra's answer in the context
-                unreadable = "Entra ID's configuration could not be read: check POWERBI_AUTHORITY_HOST and "
-                raise SignInFailed(
-                    sign_in_message(code) if code else unreadable + "POWERBI_TENANT_ID.",
-                    cause=f"OpenID configuration of {s.authority} unavailable: {type(exc).__name__}"
-                    + (f" AADSTS{code}" if code else ""),
-                ) from exc
+            except _MSAL_FAILURES as exc:
+                raise self._failure(exc, f"OpenID configuration of {s.authority}") from exc
         return self._app
 
     def _acquire(self) -> AccessToken:
@@ -171,31 +225,90 @@ class EntraTokenProvider:
                 result = app.acquire_token_silent(scopes, account=accounts[0]) if accounts else None
                 if not result:
                     result = app.acquire_token_by_username_password(s.username, s.password, scopes=scopes)
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else "no answer"
-            raise SignInFailed(
-                f"Entra ID answered HTTP {status} to the sign-in.", cause=f"Entra ID HTTP {status}"
-            ) from exc
+        except _MSAL_FAILURES as exc:
+            raise self._failure(exc, "token") from exc
         if "access_token" not in result:
-            codes = result.get("error_codes") or [_aadsts(result.get("error_description", ""))]
-            code = codes[0] if codes else None
-            first_line = (result.get("error_description") or "").splitlines()[:1]
-            message = sign_in_message(code)
-            if isinstance(app, msal.ManagedIdentityClient) and code is None:
-                message = (
-                    "The managed identity could not get a token: check that the app has a managed identity "
-                    "(and, for a user-assigned one, POWERBI_MANAGED_IDENTITY_CLIENT_ID)."
-                )
-            raise SignInFailed(
-                message,
-                cause=f"Entra ID error {result.get('error')} (AADSTS{code}) correlation_id="
-                f"{result.get('correlation_id')}: {' '.join(first_line)[:200]}",
-            )
+            raise self._refusal(app, result)
+        self._register_tokens(result)
         return AccessToken(
             result["access_token"],
             self.clock.now() + int(result.get("expires_in", 0)),
             from_cache=result.get("token_source") == "cache",
         )
+
+    def _unavailable(self, cause: str) -> SignInUnavailable | None:
+        """The answer when Entra's last answer says it is down or throttling (MSAL may be replaying it)."""
+        last = self._http.last
+        if last is None or not last.unavailable:
+            return None
+        retry_after = DEFAULT_RETRY_AFTER_SECONDS
+        if last.retry_after is not None:
+            # Entra's own figure, less what has passed since it said it (MSAL waits as long before asking again).
+            retry_after = max(1, math.ceil(last.retry_after - (self.clock.monotonic() - last.at)))
+        what = "unreachable" if last.status == 0 else f"HTTP {last.status}"
+        return SignInUnavailable(
+            "Entra ID is unavailable or throttling the sign-in; try again after the time in Retry-After.",
+            retry_after=retry_after,
+            cause=f"Entra ID {what} on {last.url} ({cause}); Retry-After {retry_after} s",
+        )
+
+    def _failure(self, exc: Exception, step: str) -> EmbedError:
+        """What an exception raised by MSAL (or by our HTTP client inside MSAL) means."""
+        name = type(exc).__name__
+        if (unavailable := self._unavailable(f"{step}: {name}")) is not None:
+            return unavailable
+        last = self._http.last
+        if isinstance(exc, ValueError | RuntimeError) and last is not None and _is_discovery(last.url):
+            # MSAL raises these when the authority's OpenID configuration cannot be read:
+            # an unknown tenant (AADSTS90002) or a host that is not Entra ID.
+            code = _aadsts(f"{exc} {exc.__context__}")  # MSAL keeps Entra's answer in the context
+            if code is not None or last.status != 200 or not last.readable:
+                return SignInFailed(
+                    sign_in_message(code)
+                    if code
+                    else "Entra ID's configuration could not be read: check POWERBI_AUTHORITY_HOST and "
+                    "POWERBI_TENANT_ID.",
+                    cause=f"OpenID configuration of {self.settings.authority} unavailable: HTTP {last.status} "
+                    f"{name}" + (f" AADSTS{code}" if code else ""),
+                )
+        if isinstance(exc, ValueError | jwt.PyJWTError):
+            # Anything else MSAL refuses before it signs in: a certificate or key it cannot use, say.
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            return ConfigurationError(
+                "MSAL cannot use the sign-in settings: check the client certificate "
+                "(POWERBI_CLIENT_CERTIFICATE or POWERBI_CLIENT_CERTIFICATE_PATH: the certificate with its "
+                f"matching, unencrypted private key) and the other sign-in settings ({name}: {first_line}).",
+                cause=f"MSAL {step}: {name}: {first_line}",
+            )
+        status = last.status if last is not None else "no answer"
+        return SignInFailed(f"Entra ID answered HTTP {status} to the sign-in.", cause=f"Entra ID HTTP {status} {name}")
+
+    def _refusal(self, app: msal.ClientApplication | msal.ManagedIdentityClient, result: dict[str, Any]) -> EmbedError:
+        """The error for MSAL's dict without a token: unavailability (429, a managed identity 5xx) or a refusal."""
+        codes = result.get("error_codes") or [_aadsts(result.get("error_description", ""))]
+        code = codes[0] if codes else None
+        if (unavailable := self._unavailable(f"error {result.get('error')}")) is not None:
+            return unavailable
+        first_line = (result.get("error_description") or "").splitlines()[:1]
+        message = sign_in_message(code)
+        if isinstance(app, msal.ManagedIdentityClient) and code is None:
+            message = (
+                "The managed identity could not get a token: check that the app has a managed identity "
+                "(and, for a user-assigned one, POWERBI_MANAGED_IDENTITY_CLIENT_ID)."
+            )
+        return SignInFailed(
+            message,
+            cause=f"Entra ID error {result.get('error')} (AADSTS{code}) correlation_id="
+            f"{result.get('correlation_id')}: {' '.join(first_line)[:200]}",
+        )
+
+    def _register_tokens(self, result: dict[str, Any]) -> None:
+        """Every access and refresh token MSAL holds is a secret for the logs."""
+        register_secret(result.get("access_token"))
+        register_secret(result.get("refresh_token"))
+        if result.get("token_source") != "cache":
+            for entry in self._cache.search(msal.TokenCache.CredentialType.REFRESH_TOKEN):
+                register_secret(entry.get("secret"))
 
     def _drop_access_tokens(self) -> None:
         """Forget cached access tokens so MSAL fetches a new one (with the refresh token for a master
@@ -208,3 +321,19 @@ class EntraTokenProvider:
 def _aadsts(text: str) -> int | None:
     match = _AADSTS.search(text)
     return int(match.group(1)) if match else None
+
+
+def _is_discovery(url: str) -> bool:
+    return url.endswith("/.well-known/openid-configuration")
+
+
+def _is_json(response: requests.Response) -> bool:
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
+
+
+def _host(url: str) -> str:
+    """Scheme, host and path only: a user realm URL's query and a token request's body are never kept."""
+    return url.split("?", 1)[0]

@@ -90,12 +90,27 @@ class ConfigurationError(EmbedError):
     status = 500
     code = "configuration_error"
 
+    def __init__(self, message: str, *, cause: str = "", problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message, cause=cause)
+        self.problems = problems or (message,)  # each problem on its own, for /api/health with details
+
 
 class SignInFailed(EmbedError):
     """Entra ID refused to give us a token."""
 
     status = 502
     code = "sign_in_failed"
+
+
+class SignInUnavailable(EmbedError):
+    """Entra ID is unavailable or throttling (5xx, 429, unreachable) after our retries: not a refusal."""
+
+    status = 503
+    code = "signin_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, cause: str = "") -> None:
+        super().__init__(message, cause=cause, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class PowerBIRefused(EmbedError):
@@ -113,6 +128,30 @@ class UpstreamUnreachable(EmbedError):
 class UpstreamTimeout(EmbedError):
     status = 504
     code = "upstream_timeout"
+
+
+# What a production answer says for each code: nothing about the configuration (no setting, auth
+# mode, tenant, AADSTS code, Power BI message or RequestId). The detailed message is in the log line,
+# in the doctor, and in answers only with details on (see responses.py).
+PUBLIC_MESSAGES: dict[str, str] = {
+    "invalid_request": "The request is not valid.",
+    "unauthenticated": "Sign in to see this item.",
+    "not_allowed": "This item is not available.",
+    "not_found": "The item was not found.",
+    "throttled": "Power BI is busy; try again after the time in Retry-After.",
+    "unavailable": "Power BI is unavailable; try again after the time in Retry-After.",
+    "signin_unavailable": "The function cannot sign in to Power BI right now; try again after the time in Retry-After.",
+    "configuration_error": "The function is not configured correctly.",
+    "sign_in_failed": "The function could not sign in to Power BI.",
+    "powerbi_error": "Power BI refused the request.",
+    "upstream_unreachable": "Power BI could not be reached.",
+    "upstream_timeout": "Power BI did not answer in time.",
+    "internal_error": "The function failed unexpectedly.",
+}
+
+
+def public_message(code: str) -> str:
+    return PUBLIC_MESSAGES.get(code, "The request failed.")
 
 
 # Causes and fixes for the AADSTS codes users of this path hit most. The codes

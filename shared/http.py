@@ -8,6 +8,8 @@ Every upstream call (Entra ID through MSAL, and Power BI) goes through ``HttpCli
   loop is ours, so each attempt gets connect and read timeouts cut to what is left of
   the request's deadline and no wait ever runs past it;
 - a read timeout is not retried: its timeout was already all the time there was;
+- a malformed ``Retry-After`` (``1.5``, ``soon``, a broken date) counts as absent: the
+  back-off applies (urllib3 would raise ``InvalidHeader``);
 - each call is counted into the current ``CallContext`` (calls, time, Power BI
   RequestIds) for the request's single log line.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -133,9 +135,8 @@ class HttpClient:
                 context.upstream_calls += 1
                 context.upstream_seconds += self.clock.monotonic() - started
 
-            if response is not None and not retry.is_retry(
-                method, response.status_code, "Retry-After" in response.headers
-            ):
+            told = retry_after_seconds(response.headers.get("Retry-After"), retry) if response is not None else None
+            if response is not None and not retry.is_retry(method, response.status_code, told is not None):
                 return response
             try:
                 retry = retry.increment(
@@ -143,9 +144,7 @@ class HttpClient:
                 )
             except MaxRetryError:
                 return self._give_up(method, url, response, error)
-            delay = retry.get_retry_after(response.raw) if response is not None else None
-            if delay is None:
-                delay = retry.get_backoff_time()
+            delay = told if told is not None else retry.get_backoff_time()
             if delay + MIN_ATTEMPT_SECONDS > context.deadline.remaining():
                 return self._give_up(method, url, response, error)
             logger.debug("retrying %s %s in %.2fs", method, _host(url), delay)
@@ -169,6 +168,18 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def retry_after_seconds(value: str | None, retry: Retry = RETRY_POLICY) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date, capped by the policy);
+    None when it is absent or malformed, so that the caller's own back-off applies."""
+    if value is None:
+        return None
+    try:
+        return retry.parse_retry_after(value)
+    except InvalidHeader:
+        logger.debug("ignored a malformed Retry-After header")
+        return None
 
 
 def _host(url: str) -> str:

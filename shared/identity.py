@@ -1,9 +1,21 @@
-"""The row-level-security identity: taken only from what App Service Authentication vouches for.
+"""The row-level-security identity: taken only from a principal the platform vouches for.
 
 With ``POWERBI_RLS_USERNAME_SOURCE=principal`` the effective username is the signed-in
-user's: the ``X-MS-CLIENT-PRINCIPAL-NAME`` header, or one claim of the base64 JSON in
-``X-MS-CLIENT-PRINCIPAL``. App Service sets these headers and drops any a caller sends,
-so they cannot be forged; nothing else in a request (query, body, other headers) is read.
+user's, read from one of two formats of the ``X-MS-CLIENT-PRINCIPAL`` header:
+
+- App Service Authentication's: base64 JSON ``{"auth_typ", "name_typ", "role_typ",
+  "claims": [{"typ", "val"}]}``, beside ``X-MS-CLIENT-PRINCIPAL-NAME`` and
+  ``X-MS-CLIENT-PRINCIPAL-IDP``;
+- Azure Static Web Apps' (a linked backend): base64 JSON ``{"identityProvider", "userId",
+  "userDetails", "userRoles", ["claims"]}``, with no other principal header.
+
+Either is believed only when the function app's own App Service Authentication runs
+(``WEBSITE_AUTH_ENABLED=True``, checked in ``shared.settings``): it sets these headers and
+drops any a caller sends, and linking the app to a Static Web App turns it on with an
+identity provider that accepts only requests the site forwards. Nothing else in a request
+(query, body, other headers) is read. The principal's identity provider must be the one
+pinned by ``POWERBI_RLS_IDENTITY_PROVIDER``, and its ``tid`` one of
+``POWERBI_RLS_ALLOWED_TENANTS`` when that is set.
 """
 
 from __future__ import annotations
@@ -12,14 +24,23 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from shared.errors import InvalidRequest, Unauthenticated
-from shared.settings import Settings
+from shared.settings import Settings, parse_guid
 
 PRINCIPAL_NAME_HEADER = "x-ms-client-principal-name"
+PRINCIPAL_IDP_HEADER = "x-ms-client-principal-idp"
 PRINCIPAL_HEADER = "x-ms-client-principal"
 MAX_USERNAME = 256  # Power BI's limit for an effective username
+# Roles Static Web Apps gives every visitor (and every signed-in user): they say nothing about a dataset.
+SWA_BUILT_IN_ROLES = frozenset({"anonymous", "authenticated"})
+# Entra ID's tenant claim: short in a token, the long URI after App Service maps it.
+TENANT_CLAIMS = ("tid", "http://schemas.microsoft.com/identity/claims/tenantid")
+
+_SIGN_IN = "Sign in first: this function issues tokens only to signed-in users."
+_NOT_ACCEPTED = "This sign-in is not accepted here: sign in with the organisation's account."
 
 
 @dataclass(frozen=True)
@@ -31,36 +52,107 @@ class Identity:
     custom_data: str | None = None
 
 
+@dataclass(frozen=True)
+class Principal:
+    """A signed-in user as the platform describes them, in either header format."""
+
+    providers: tuple[str, ...]  # every provider name the platform stated (header, auth_typ, identityProvider)
+    name: str  # X-MS-CLIENT-PRINCIPAL-NAME, or Static Web Apps' userDetails
+    claims: Mapping[str, str] = field(default_factory=dict)  # the first value of each claim type
+    roles: tuple[str, ...] = ()
+
+
 def identity_for(headers: Mapping[str, str], settings: Settings) -> Identity | None:
     """The caller's identity when row-level security takes it from the principal, else None."""
     if settings.rls_username_source == "none":
         return None
     lowered = {name.lower(): value for name, value in headers.items()}
-    claims = _claims(lowered.get(PRINCIPAL_HEADER, ""))
+    principal = read_principal(lowered)
+    if principal is None:
+        raise Unauthenticated(_SIGN_IN)
+    # With several providers enabled, a GitHub or Google account could carry a victim's name.
+    if not principal.providers or any(p.lower() != settings.rls_identity_provider for p in principal.providers):
+        raise Unauthenticated(
+            _NOT_ACCEPTED,
+            cause=f"principal of provider {','.join(principal.providers) or '(none)'} refused: "
+            f"POWERBI_RLS_IDENTITY_PROVIDER is {settings.rls_identity_provider}",
+        )
+    if settings.rls_allowed_tenants is not None:
+        tenant = next((principal.claims[c] for c in TENANT_CLAIMS if c in principal.claims), "")
+        if parse_guid(tenant) not in settings.rls_allowed_tenants:
+            cause = "principal refused: its tid is not in POWERBI_RLS_ALLOWED_TENANTS"
+            raise Unauthenticated(_NOT_ACCEPTED, cause=cause)
     if settings.rls_username_claim:
-        username = claims.get(settings.rls_username_claim, "")
+        username = principal.claims.get(settings.rls_username_claim, "")
     else:
-        username = lowered.get(PRINCIPAL_NAME_HEADER, "")
+        username = principal.name
     if not username:
-        raise Unauthenticated("Sign in first: this function issues tokens only to signed-in users.")
-    if len(username) > MAX_USERNAME or any(c.isspace() for c in username):
+        raise Unauthenticated(_SIGN_IN)
+    check_username(username)
+    custom_data = principal.claims.get(settings.rls_custom_data_claim) if settings.rls_custom_data_claim else None
+    return Identity(username, roles_for(principal, settings), custom_data)
+
+
+def check_username(username: str) -> None:
+    """Refuse, before any upstream call, a name Power BI would refuse (a 502 from it otherwise)."""
+    # Printable ASCII without the space: Power BI refuses spaces and anything non-ASCII.
+    if len(username) > MAX_USERNAME or not all("!" <= c <= "~" for c in username):
         raise InvalidRequest(
             "The signed-in user's name cannot be used for row-level security: Power BI accepts at most "
-            f"{MAX_USERNAME} characters and no spaces."
+            f"{MAX_USERNAME} printable ASCII characters and no spaces."
         )
-    custom_data = claims.get(settings.rls_custom_data_claim) if settings.rls_custom_data_claim else None
-    return Identity(username, settings.rls_roles, custom_data)
 
 
-def _claims(encoded: str) -> dict[str, str]:
-    """``{"claims": [{"typ", "val"}, ...]}`` as a dict (the first value of each type)."""
-    if not encoded:
-        return {}
+def roles_for(principal: Principal, settings: Settings) -> tuple[str, ...]:
+    """The roles to send: the setting's, or the principal's that POWERBI_RLS_ALLOWED_ROLES lists."""
+    if settings.rls_roles_source == "setting":
+        return settings.rls_roles
+    # A role outside the allow-list is dropped, never sent; sorted, so one set of roles is one cache key.
+    return tuple(sorted({r for r in principal.roles if r in settings.rls_allowed_roles}))
+
+
+def read_principal(headers: Mapping[str, str]) -> Principal | None:
+    """The principal in the (lower-cased) headers, or None when no one is signed in."""
+    encoded = headers.get(PRINCIPAL_HEADER, "").strip()
+    decoded = _decode(encoded) if encoded else {}
+    if "identityProvider" in decoded:
+        return _static_web_apps(decoded)
+    name = headers.get(PRINCIPAL_NAME_HEADER, "").strip()
+    if not (encoded or name):
+        return None
+    try:
+        pairs = [(str(c["typ"]), str(c["val"])) for c in decoded.get("claims") or []]
+        providers = [p for p in (headers.get(PRINCIPAL_IDP_HEADER, "").strip(), decoded.get("auth_typ")) if p]
+        role_type = decoded.get("role_typ")
+        roles = tuple(val for typ, val in pairs if role_type and typ == role_type)
+        return Principal(tuple(str(p) for p in providers), name, _first_values(pairs), roles)
+    except (TypeError, KeyError, AttributeError):
+        raise Unauthenticated("The signed-in user's principal could not be read.") from None
+
+
+def _static_web_apps(decoded: Mapping[str, Any]) -> Principal:
+    """Static Web Apps' format: the provider, the user's name and roles; claims only if forwarded."""
+    try:
+        pairs = [(str(c["typ"]), str(c["val"])) for c in decoded.get("claims") or []]
+        roles = tuple(str(r) for r in decoded.get("userRoles") or [] if str(r) not in SWA_BUILT_IN_ROLES)
+        provider = str(decoded["identityProvider"] or "")
+        name = str(decoded.get("userDetails") or "")
+    except (TypeError, KeyError, AttributeError):
+        raise Unauthenticated("The signed-in user's principal could not be read.") from None
+    return Principal((provider,) if provider else (), name, _first_values(pairs), roles)
+
+
+def _decode(encoded: str) -> dict[str, Any]:
     try:
         principal = json.loads(base64.b64decode(encoded + "=" * (-len(encoded) % 4)))
-        pairs = [(str(c["typ"]), str(c["val"])) for c in principal.get("claims", [])]
-    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError):
+    except (binascii.Error, ValueError):
         raise Unauthenticated("The signed-in user's principal could not be read.") from None
+    if not isinstance(principal, dict):
+        raise Unauthenticated("The signed-in user's principal could not be read.")
+    return principal
+
+
+def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
     claims: dict[str, str] = {}
     for typ, val in pairs:
         claims.setdefault(typ, val)

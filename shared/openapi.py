@@ -182,12 +182,16 @@ def _document() -> dict[str, Any]:
                     "operationId": "health",
                     "summary": "Is the configuration complete? No secrets, no upstream call.",
                     "tags": ["operations"],
+                    "security": [],
                     "responses": {
                         "200": {
                             "description": "Configured.",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
                         },
-                        **_error_responses(),
+                        "500": {
+                            "description": "Misconfigured: the log line (and, with details on, `problems`) says why.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                        },
                     },
                 }
             },

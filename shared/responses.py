@@ -1,8 +1,13 @@
 """HTTP answers: JSON bodies, ``Cache-Control: no-store``, and the one mapping of errors.
 
 Tokens must not sit in browser or proxy caches, so every answer says ``no-store``.
-Every failure becomes ``{"error": {"code", "message"}}`` here, with one log line
-carrying the cause and Power BI's RequestId; nothing else answers errors.
+Every failure becomes ``{"error": {"code", "message", "requestId"}}`` here, with one log line
+carrying the full cause, the request id and Power BI's RequestId; nothing else answers errors.
+
+The answer's message tells strangers nothing: in production it is the code's generic message
+(``errors.PUBLIC_MESSAGES``); the detailed one (setting names, AADSTS code and hint, Power BI's
+status and RequestId) only with details on (``settings.error_details``). ``requestId`` is the
+invocation id, which the log line carries too, so an operator can find the cause from an answer.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.errors import EmbedError
+from shared.errors import EmbedError, public_message
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +33,48 @@ def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, st
     )
 
 
-def error_response(error: EmbedError) -> func.HttpResponse:
-    logger.warning("answered %d %s: %s request_id=%s", error.status, error.code, error.cause, error.request_id or "-")
-    return json_response({"error": {"code": error.code, "message": error.message}}, error.status, error.headers)
+def error_response(error: EmbedError, request_id: str = "", details: bool = False) -> func.HttpResponse:
+    logger.warning(
+        "answered %d %s requestId=%s: %s powerbi_request_id=%s",
+        error.status,
+        error.code,
+        request_id or "-",
+        error.cause,
+        error.request_id or "-",
+    )
+    message = error.message if details else public_message(error.code)
+    body = {"error": {"code": error.code, "message": message, "requestId": request_id}}
+    return json_response(body, error.status, error.headers)
 
 
-def respond(produce: Callable[[], dict[str, Any]]) -> func.HttpResponse:
-    """Run a handler's work and answer with its JSON, or with the error it raised."""
+def respond(
+    produce: Callable[[], dict[str, Any]], request_id: str = "", details: Callable[[], bool] = lambda: False
+) -> func.HttpResponse:
+    """Run a handler's work and answer with its JSON, or with the error it raised.
+
+    ``details`` is asked only when there is an error to answer, so a success costs nothing more.
+    """
     try:
         return json_response(produce())
     except EmbedError as error:
-        return error_response(error)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback out
-        # Only the type: an unexpected exception's text could hold anything.
-        logger.error("answered 500 internal_error: unexpected %s", type(exc).__name__)
-        return json_response({"error": {"code": "internal_error", "message": "The function failed unexpectedly."}}, 500)
+        return error_response(error, request_id, _details(details))
+    except Exception as exc:
+        # The traceback goes to the log, through shared.redact's filter (secrets and tokens masked);
+        # the answer says nothing.
+        logger.error(
+            "answered 500 internal_error requestId=%s: unexpected %s",
+            request_id or "-",
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        body = {
+            "error": {"code": "internal_error", "message": public_message("internal_error"), "requestId": request_id}
+        }
+        return json_response(body, 500)
+
+
+def _details(details: Callable[[], bool]) -> bool:
+    try:
+        return details()
+    except Exception:  # noqa: BLE001 - unreadable settings: disclose nothing
+        return False

@@ -7,6 +7,8 @@ what is wrong with it; a value is never shown, since many are secrets.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import uuid
 from collections.abc import Mapping
@@ -84,12 +86,37 @@ SETTING_NAMES = (
     "POWERBI_RLS_ROLES",
     "POWERBI_RLS_CUSTOM_DATA_CLAIM",
     "POWERBI_ALLOW_EDIT",
+    # Whose principal is believed, and where roles come from (row-level security).
+    "POWERBI_RLS_IDENTITY_PROVIDER",
+    "POWERBI_RLS_ALLOWED_TENANTS",
+    "POWERBI_RLS_ROLES_SOURCE",
+    "POWERBI_RLS_ALLOWED_ROLES",
+    "POWERBI_CATALOG_TTL_SECONDS",
+    "POWERBI_CATALOG_REFRESH_SECONDS",
+    "POWERBI_CACHE_MAX_TOKENS",
+    "POWERBI_ERROR_DETAILS",
+    # The shared cache (Redis)
+    "POWERBI_CACHE_URL",
+    "POWERBI_CACHE_ENCRYPTION_KEY",
+    "POWERBI_CACHE_TIMEOUT_MS",
+    "POWERBI_CACHE_BREAKER_SECONDS",
 )
-SECRET_SETTINGS = frozenset({"POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_PASSWORD"})
+SECRET_SETTINGS = frozenset(
+    {
+        "POWERBI_CLIENT_SECRET",
+        "POWERBI_CLIENT_CERTIFICATE",
+        "POWERBI_PASSWORD",
+        "POWERBI_CACHE_URL",  # may carry the Redis password
+        "POWERBI_CACHE_ENCRYPTION_KEY",
+    }
+)
 
 # App Service / Functions leave a Key Vault reference in place, literally, when it
 # cannot resolve it. Such a value must never be used as a password or secret.
 KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+_MULTI_TENANT_ALIASES = frozenset({"organizations", "common", "consumers"})
+MAX_MIN_TOKEN_MINUTES = 30  # of an Entra token's 60 to 90 minutes, leave most for reuse
+MAX_TOKEN_LIFETIME_MINUTES = 60  # the shortest an Entra token lives; an embed token never outlives it
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _PEM_KEY = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.DOTALL)
@@ -112,6 +139,21 @@ class Certificate:
 
     private_key: str = field(repr=False)
     certificate: str
+
+
+@dataclass(frozen=True)
+class SharedCacheSettings:
+    """Where the shared cache (Redis) is and how its entries are sealed: POWERBI_CACHE_*."""
+
+    url: str = field(repr=False)  # may hold a password
+    encryption_key: bytes = field(repr=False)  # 32 bytes: AES-256-GCM
+    timeout_seconds: float = 0.1
+    breaker_seconds: float = 30.0  # how long Redis is left alone after it failed
+
+    @property
+    def uses_entra(self) -> bool:
+        """No password in the URL: sign in to Redis with the app's managed identity (Entra ID)."""
+        return urlsplit(self.url).password is None
 
 
 @dataclass(frozen=True)
@@ -141,6 +183,17 @@ class Settings:
     rls_roles: tuple[str, ...] = ()
     rls_custom_data_claim: str | None = None
     allow_edit: bool = False
+    # Row-level security: which principals are believed, and where roles come from.
+    rls_identity_provider: str = "aad"
+    rls_allowed_tenants: frozenset[str] | None = None
+    rls_roles_source: Literal["setting", "principal"] = "setting"
+    rls_allowed_roles: frozenset[str] = frozenset()
+    # Caches: the workspace catalog's life, how often an unknown id may re-read it, embed tokens kept.
+    catalog_ttl_seconds: float = 600.0
+    catalog_refresh_seconds: float = 60.0
+    cache_max_tokens: int = 10_000
+    error_details: bool = False  # detailed messages in error answers (see error_details())
+    shared_cache: SharedCacheSettings | None = None
 
     @property
     def authority(self) -> str:
@@ -170,6 +223,18 @@ def http_auth_level(env: Mapping[str, str]) -> str:
     """
     value = env.get("POWERBI_HTTP_AUTH_LEVEL", "").strip().lower()
     return value if value in HTTP_AUTH_LEVELS else "function"
+
+
+def error_details(env: Mapping[str, str]) -> bool:
+    """Whether error answers carry the detailed message: POWERBI_ERROR_DETAILS=true|false, else on only
+    in Development (Core Tools sets AZURE_FUNCTIONS_ENVIRONMENT=Development). Anything else: off.
+
+    A plain function too, because an answer for settings that cannot be read needs it.
+    """
+    value = (env.get("POWERBI_ERROR_DETAILS") or "").strip().lower()
+    if value in ("true", "false"):
+        return value == "true"
+    return (env.get("AZURE_FUNCTIONS_ENVIRONMENT") or "").strip().lower() == "development"
 
 
 class _Reader:
@@ -271,7 +336,8 @@ class _Reader:
             # (it drops any a caller sends); without it, anyone could claim any identity.
             self.problems.append(
                 "POWERBI_RLS_USERNAME_SOURCE=principal needs App Service Authentication: turn it on for the "
-                "function app (which sets WEBSITE_AUTH_ENABLED=True)"
+                "function app, or link the function app to a Static Web App, which turns it on (either sets "
+                "WEBSITE_AUTH_ENABLED=True)"
             )
         roles = tuple(r.strip() for r in (self.text("POWERBI_RLS_ROLES") or "").split(",") if r.strip())
         # Power BI's rules for roles, checked here so a bad list names the setting, not a Power BI error.
@@ -287,6 +353,121 @@ class _Reader:
             "rls_custom_data_claim": self.text("POWERBI_RLS_CUSTOM_DATA_CLAIM"),
             "allow_edit": allow_edit == "true",
         }
+
+    def tenant(self, mode: str) -> str | None:
+        """POWERBI_TENANT_ID: a master user may sign in through ``organizations``; client credentials may not."""
+        master_user = mode == "MasterUser"
+        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None)
+        if tenant and not _TENANT.match(tenant):
+            self.problems.append("POWERBI_TENANT_ID must be a tenant id (GUID) or domain name")
+        if mode == "ServicePrincipal" and not tenant:
+            self.problems.append("POWERBI_TENANT_ID is required for a service principal")
+        elif not master_user and tenant and tenant.lower() in _MULTI_TENANT_ALIASES:
+            # Entra ID refuses client credentials at /common, /organizations and /consumers: they
+            # name no tenant to issue the token in. A managed identity needs no tenant, but one of
+            # these aliases says the setting was copied from a master user's and means nothing.
+            self.problems.append(
+                f"POWERBI_TENANT_ID must name the tenant (its id or domain) for {mode}, not "
+                "organizations, common or consumers"
+            )
+        return tenant
+
+    def token_minutes(self) -> tuple[float | None, float]:
+        """POWERBI_TOKEN_LIFETIME_MINUTES and POWERBI_MIN_TOKEN_MINUTES, which must leave a token reusable."""
+        # Entra tokens live 60 to 90 minutes and an embed token never outlives the Entra token it
+        # came from: a minimum above 30 leaves so little reuse that nearly every request signs in again.
+        minimum = self.number("POWERBI_MIN_TOKEN_MINUTES", 10, 0, MAX_MIN_TOKEN_MINUTES, int) or 0
+        lifetime = self.number("POWERBI_TOKEN_LIFETIME_MINUTES", None, 1, MAX_TOKEN_LIFETIME_MINUTES, int)
+        if lifetime is not None and lifetime <= minimum:
+            # Every new token would already be too short to hand out.
+            self.problems.append("POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES")
+        return lifetime, minimum
+
+    def rls_principal(self) -> dict[str, Any]:
+        """Which signed-in principals row-level security believes, and where their roles come from."""
+        provider = (self.text("POWERBI_RLS_IDENTITY_PROVIDER", "aad") or "aad").lower()
+        if not re.fullmatch(r"[a-z0-9_.-]+", provider):
+            self.problems.append("POWERBI_RLS_IDENTITY_PROVIDER must be one identity provider name, such as aad")
+        roles_source = (self.text("POWERBI_RLS_ROLES_SOURCE", "setting") or "setting").lower()
+        if roles_source not in ("setting", "principal"):
+            self.problems.append("POWERBI_RLS_ROLES_SOURCE must be setting or principal")
+            roles_source = "setting"
+        allowed_roles = frozenset(
+            r.strip() for r in (self.text("POWERBI_RLS_ALLOWED_ROLES") or "").split(",") if r.strip()
+        )
+        if any(len(role) > 50 for role in allowed_roles):
+            self.problems.append("POWERBI_RLS_ALLOWED_ROLES may list only roles of at most 50 characters")
+        if roles_source == "principal":
+            if not allowed_roles:
+                # Without an allow-list, whoever manages the identity provider's roles would choose
+                # which dataset roles a user gets: deny until the roles are listed.
+                self.problems.append("POWERBI_RLS_ALLOWED_ROLES is required with POWERBI_RLS_ROLES_SOURCE=principal")
+            if (self.env.get("POWERBI_RLS_ROLES") or "").strip():
+                self.problems.append("set POWERBI_RLS_ROLES or POWERBI_RLS_ROLES_SOURCE=principal, not both")
+            if (self.env.get("POWERBI_RLS_USERNAME_SOURCE") or "").strip().lower() != "principal":
+                self.problems.append("POWERBI_RLS_ROLES_SOURCE=principal needs POWERBI_RLS_USERNAME_SOURCE=principal")
+        return {
+            "rls_identity_provider": provider,
+            "rls_allowed_tenants": self.guids("POWERBI_RLS_ALLOWED_TENANTS"),
+            "rls_roles_source": roles_source,
+            "rls_allowed_roles": allowed_roles,
+        }
+
+    def caches(self) -> dict[str, Any]:
+        ttl = self.number("POWERBI_CATALOG_TTL_SECONDS", 600, 1, 24 * 3600)
+        refresh = self.number("POWERBI_CATALOG_REFRESH_SECONDS", 60, 0, 24 * 3600)
+        max_tokens = self.number("POWERBI_CACHE_MAX_TOKENS", 10_000, 1, 10_000_000, int)
+        return {
+            "catalog_ttl_seconds": float(600 if ttl is None else ttl),
+            "catalog_refresh_seconds": float(60 if refresh is None else refresh),
+            "cache_max_tokens": int(10_000 if max_tokens is None else max_tokens),
+        }
+
+    def error_answers(self) -> dict[str, Any]:
+        value = (self.text("POWERBI_ERROR_DETAILS") or "").lower()
+        if value not in ("", "true", "false"):
+            self.problems.append("POWERBI_ERROR_DETAILS must be true or false")
+        return {"error_details": error_details(self.env)}
+
+    def shared_cache(self) -> dict[str, Any]:
+        """POWERBI_CACHE_URL, _ENCRYPTION_KEY, _TIMEOUT_MS, _BREAKER_SECONDS; unset URL: no shared cache."""
+        url = self.text("POWERBI_CACHE_URL")
+        raw_key = self.text("POWERBI_CACHE_ENCRYPTION_KEY")
+        timeout_ms = self.number("POWERBI_CACHE_TIMEOUT_MS", 100, 10, 5000, int) or 100
+        breaker = self.number("POWERBI_CACHE_BREAKER_SECONDS", 30, 0, 3600, int)
+        if url is None:
+            return {}
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if (
+            parts.scheme not in ("redis", "rediss")
+            or not parts.hostname
+            or not port_ok
+            or not re.fullmatch(r"/?\d{0,2}", parts.path)
+            or parts.query
+            or parts.fragment
+        ):
+            self.problems.append("POWERBI_CACHE_URL must be redis:// or rediss://host:port[/db]")
+        key = None
+        if raw_key is None:
+            self.problems.append("POWERBI_CACHE_ENCRYPTION_KEY is required when POWERBI_CACHE_URL is set")
+        else:
+            try:
+                key = base64.b64decode(raw_key, validate=True)
+            except (binascii.Error, ValueError):
+                key = None
+            if key is None or len(key) != 32:
+                self.problems.append(
+                    "POWERBI_CACHE_ENCRYPTION_KEY must be 32 random bytes in base64 (44 characters), e.g. from "
+                    'python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())"'
+                )
+                key = None
+        if key is None:
+            return {}
+        return {"shared_cache": SharedCacheSettings(url, key, timeout_ms / 1000, breaker or 0.0)}
 
     def settings(self) -> Settings:
         env = self.env
@@ -304,9 +485,7 @@ class _Reader:
             cloud_name = "Public"
         cloud = CLOUDS[cloud_name]
 
-        tenant = self.text("POWERBI_TENANT_ID", "organizations" if master_user else None, required=service_principal)
-        if tenant and not _TENANT.match(tenant):
-            self.problems.append("POWERBI_TENANT_ID must be a tenant id (GUID) or domain name")
+        tenant = self.tenant(mode)
         client_id = self.guid("POWERBI_CLIENT_ID", required=mode != "ManagedIdentity")
         secret = self.text("POWERBI_CLIENT_SECRET")
         certificate = self.certificate()
@@ -331,11 +510,7 @@ class _Reader:
         elif workspace_id and workspace_id not in allowed:
             self.problems.append("POWERBI_WORKSPACE_ID must be one of POWERBI_ALLOWED_WORKSPACES")
 
-        lifetime = self.number("POWERBI_TOKEN_LIFETIME_MINUTES", None, 1, 24 * 60, int)
-        minimum = self.number("POWERBI_MIN_TOKEN_MINUTES", 10, 0, 24 * 60, int) or 0
-        if lifetime is not None and lifetime <= minimum:
-            # Every new token would already be too short to hand out.
-            self.problems.append("POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES")
+        lifetime, minimum = self.token_minutes()
 
         settings = Settings(
             auth_mode=mode,  # type: ignore[arg-type]  # checked against AUTH_MODES above
@@ -359,7 +534,14 @@ class _Reader:
             min_token_minutes=int(minimum),
             deadline_seconds=self.number("POWERBI_REQUEST_DEADLINE_SECONDS", 20.0, 1, 230) or 20.0,
             **self.row_level_security(),
+            **self.rls_principal(),
+            **self.caches(),
+            **self.error_answers(),
+            **self.shared_cache(),
         )
         if self.problems:
-            raise ConfigurationError("The function is not configured correctly: " + "; ".join(self.problems) + ".")
+            raise ConfigurationError(
+                "The function is not configured correctly: " + "; ".join(self.problems) + ".",
+                problems=tuple(self.problems),
+            )
         return settings

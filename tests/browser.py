@@ -22,6 +22,7 @@ import pytest
 
 import function_app
 from emulator import FakeUpstream
+from emulator.entra import emulator_session
 from emulator.host import Cors, FunctionRoutes, LocalHost
 
 try:
@@ -136,9 +137,11 @@ def api_fixture(fake: FakeUpstream, env: dict[str, str], web: str, monkeypatch: 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     function_app.use_service(None)  # built from the environment by the first request
+    function_app.use_session(emulator_session(fake.base_url))  # as the local host does for the emulator
     with LocalHost(FunctionRoutes(function_app.app, keys={KEY}), cors=Cors((web,))) as host:
         yield f"{host.url}/api"
     function_app.use_service(None)
+    function_app.use_session(None)
 
 
 @pytest.fixture(name="short_tokens")

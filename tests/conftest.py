@@ -12,14 +12,17 @@ import pytest
 
 import function_app
 from emulator import CLIENT_ID, TENANT_ID, USERNAME, WORKSPACE_ID, FakeUpstream
+from emulator.entra import emulator_session
 from emulator.host import FunctionRoutes
 from shared.embed import EmbedService
 from shared.errors import ConfigurationError
 from shared.settings import Settings
+from tests.redis_server import RedisServer
 
 # Distinctive values, searched for in every captured log line.
 SECRET = "S3cret-client-Q9xv7"
 PASSWORD = "P4ssword-master-Z8kw2"
+REDIS_PASSWORD = "R3dis-pass-K7mq4"
 
 
 class FakeClock:
@@ -81,13 +84,18 @@ def env(fake: FakeUpstream) -> dict[str, str]:
         "POWERBI_AUTHORITY_HOST": fake.base_url,
         "POWERBI_API_URL": fake.base_url,
         "POWERBI_WORKSPACE_ID": WORKSPACE_ID,
+        # The tests read the detailed messages; tests/test_disclosure.py checks production answers.
+        "POWERBI_ERROR_DETAILS": "true",
     }
 
 
 @pytest.fixture
-def make_service(clock: FakeClock) -> Callable[[dict[str, str]], EmbedService]:
+def make_service(clock: FakeClock, fake: FakeUpstream) -> Callable[[dict[str, str]], EmbedService]:
     def make(settings_env: dict[str, str]) -> EmbedService:
-        return EmbedService.create(Settings.from_env(settings_env), clock=clock)
+        # emulator_session: MSAL's port-less user-realm URL reaches the fake's port.
+        return EmbedService.create(
+            Settings.from_env(settings_env), clock=clock, session=emulator_session(fake.base_url)
+        )
 
     return make
 
@@ -121,3 +129,14 @@ def call(
         return routes.dispatch("GET", path, params, headers)
 
     return get
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own (skips, with the install command, without one).
+
+    It has a password: a URL without one means Entra ID sign-in, as with Azure Managed Redis.
+    """
+    server = RedisServer(tmp_path, password=REDIS_PASSWORD).start()
+    yield server
+    server.stop()

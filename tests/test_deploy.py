@@ -257,18 +257,27 @@ def test_package_holds_the_app_and_nothing_funcignore_excludes(deployed: Deploym
         assert parts[-1] not in {"local.settings.json", "requirements-dev.txt", "pyproject.toml"}, name
 
 
-def test_package_tool_honours_funcignore_and_gitignore_in_any_tree(tmp_path: Path) -> None:
+def git(*args: str, cwd: Path) -> None:
+    done = execute(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=cwd)
+    assert done.returncode == 0, done.stderr
+
+
+def test_package_tool_ships_only_tracked_files_minus_funcignore(tmp_path: Path) -> None:
     tree = tmp_path / "app"
-    files = [
-        "function_app.py", "host.json", "requirements.txt", "shared/core.py", "local.settings.json",
-        ".venv/lib/site.py", "tests/test_x.py", "shared/__pycache__/core.cpython-311.pyc", "web/node_modules/x.js",
-        "deploy/deploy.sh", "emulator/server.py",
+    tracked = [
+        "function_app.py", "host.json", "requirements.txt", "shared/core.py", "tests/test_x.py", "deploy/deploy.sh",
+        "emulator/server.py", "web/index.html",
     ]  # fmt: skip
-    for name in files:
+    untracked = [
+        "local.settings.json", ".env", "key.pem", "shared/extra.py", ".venv/lib/site.py",
+        "shared/__pycache__/core.cpython-311.pyc", "web/node_modules/x.js",
+    ]  # fmt: skip
+    for name in tracked + untracked:
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_text(name)
     shutil.copy(REPO / ".funcignore", tree / ".funcignore")
-    (tree / ".gitignore").write_text("node_modules/\n*.pyc\n")
+    git("init", "-q", cwd=tree)
+    git("add", ".funcignore", *tracked, cwd=tree)
     output = tmp_path / "out.zip"
     package = [sys.executable, str(REPO / "deploy" / "package.py"), "--root", str(tree)]
     done = execute([*package, str(output)])
@@ -283,6 +292,34 @@ def test_package_tool_honours_funcignore_and_gitignore_in_any_tree(tmp_path: Pat
     done = execute([*package, str(output)])
     assert done.returncode == 1
     assert "missing host.json" in done.stderr
+
+
+def test_a_tree_git_does_not_track_is_not_packaged(tmp_path: Path) -> None:
+    for name in ("function_app.py", "host.json", "requirements.txt"):
+        (tmp_path / name).write_text(name)
+
+    done = execute([sys.executable, str(REPO / "deploy" / "package.py"), "--root", str(tmp_path), "--list"])
+
+    assert done.returncode == 1
+    assert "not a git checkout" in done.stderr
+
+
+def test_untracked_secrets_beside_the_code_of_a_clone_are_never_shipped(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    git("clone", "-q", "--no-local", str(REPO), str(clone), cwd=tmp_path)
+    strays = [".env", "local.settings.json", "client.pem", "shared/key.pem", "shared/notes.py", "deploy.zip"]
+    for name in strays:
+        (clone / name).write_text("SECRET=stray-7731\n")
+
+    output = tmp_path / "package.zip"
+    done = execute([sys.executable, str(REPO / "deploy" / "package.py"), "--root", str(clone), str(output)])
+
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(output) as archive:
+        names = archive.namelist()
+        assert "function_app.py" in names and "shared/settings.py" in names
+        assert not set(strays) & set(names)
+        assert all(b"stray-7731" not in archive.read(name) for name in names)
 
 
 @pytest.mark.parametrize(
@@ -494,3 +531,112 @@ def test_scripts_are_shellcheck_clean() -> None:
     result = execute([shellcheck, str(SCRIPT), str(FAKE_AZ / "az")])
     assert result.returncode == 0, result.stdout
     assert result.stdout == ""
+
+
+def _versions(path: Path, operator: str) -> dict[str, tuple[int, ...]]:
+    """``name -> version`` of each requirement line's ``operator`` clause (comments and -r skipped)."""
+    found: dict[str, tuple[int, ...]] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        match = re.match(rf"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*[^#]*?{re.escape(operator)}\s*([0-9][0-9.]*)", line)
+        assert match, f"{path.name}: {line!r} has no {operator} version"
+        numbers = tuple(int(n) for n in match.group(2).split("."))
+        found[match.group(1).lower().replace("_", "-")] = numbers + (0,) * (3 - len(numbers))
+    return found
+
+
+def test_every_runtime_dependency_is_pinned_to_its_lower_bound_for_the_lowest_run() -> None:
+    # .ci/run installs constraints-lowest.txt and runs the suite: a lower bound is a tested version.
+    lower = _versions(REPO / "requirements.txt", ">=")
+    pinned = _versions(REPO / "constraints-lowest.txt", "==")
+
+    assert lower and pinned == lower
+
+
+def test_only_the_functions_own_settings_that_can_work_in_azure_are_set(tmp_path: Path) -> None:
+    env = base_env(
+        tmp_path,
+        POWERBI_AUTHORITY_HOST="https://localhost:8443",
+        POWERBI_API_URL="https://127.0.0.1:9000/",
+        POWERBI_SCOPE="https://analysis.windows.net:8443/powerbi/api/.default",
+        POWERBI_WORKSPACE_ID=WORKSPACE_ID,
+        POWERBI_ALLOWED_REPORTS="3d9b93c6-7b6d-4801-a491-1738910904fd",
+        POWERBI_TYPO_SETTING="x",
+        POWERBI_CLIENT_CERTIFICATE_PATH="",  # empty: as if unset
+    )
+
+    result = run(env)
+
+    assert result.returncode == 0, result.stderr
+    sent = settings_sent(calls(env))
+    assert "POWERBI_AUTHORITY_HOST" not in sent and "POWERBI_API_URL" not in sent and "POWERBI_SCOPE" not in sent
+    assert "POWERBI_TYPO_SETTING" not in sent
+    assert sent["POWERBI_ALLOWED_REPORTS"] == "3d9b93c6-7b6d-4801-a491-1738910904fd"
+    out = result.stdout
+    for name in ("POWERBI_AUTHORITY_HOST", "POWERBI_API_URL", "POWERBI_SCOPE"):
+        assert f"skipped {name}: a loopback or emulator address cannot work in Azure" in out
+    assert "skipped POWERBI_TYPO_SETTING: not a setting of the function" in out
+    assert "localhost" not in " ".join(arg for call in calls(env) for arg in call["argv"])
+
+
+def test_a_certificate_file_goes_to_the_vault_and_its_path_is_never_an_app_setting(tmp_path: Path) -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nkey-5521\n"
+    (tmp_path / "client.pem").write_text(pem + "-----END PRIVATE KEY-----\n")
+    env = base_env(
+        tmp_path,
+        POWERBI_AUTH_MODE="ServicePrincipal",
+        POWERBI_TENANT_ID="contoso.onmicrosoft.com",
+        POWERBI_CLIENT_CERTIFICATE_PATH=str(tmp_path / "client.pem"),
+    )
+    for name in ("POWERBI_CLIENT_SECRET", "POWERBI_PASSWORD", "POWERBI_USERNAME"):
+        del env[name]
+
+    result = run(env)
+
+    assert result.returncode == 0, result.stderr
+    sent = settings_sent(calls(env))
+    assert "POWERBI_CLIENT_CERTIFICATE_PATH" not in sent
+    assert sent["POWERBI_CLIENT_CERTIFICATE"].startswith("@Microsoft.KeyVault(SecretUri=")
+    stored = state(env)["secrets"][f"{VAULT}/powerbi-client-certificate"][-1]["value"]
+    assert stored == (tmp_path / "client.pem").read_text().rstrip("\n")
+    assert "skipped POWERBI_CLIENT_CERTIFICATE_PATH: a path to a file on this machine" in result.stdout
+    assert all("key-5521" not in arg for call in calls(env) for arg in call["argv"])
+    assert "key-5521" not in result.stdout + result.stderr
+
+
+def test_a_certificate_path_that_cannot_be_read_stops_before_any_az_call(tmp_path: Path) -> None:
+    env = base_env(tmp_path, POWERBI_CLIENT_CERTIFICATE_PATH=str(tmp_path / "missing.pem"))
+
+    result = run(env)
+
+    assert result.returncode != 0
+    assert "POWERBI_CLIENT_CERTIFICATE_PATH names a file that cannot be read" in result.stderr
+    assert calls(env) == []
+
+
+def test_rls_from_the_principal_turns_on_cors_credentials(tmp_path: Path) -> None:
+    env = base_env(tmp_path, POWERBI_RLS_USERNAME_SOURCE="Principal")
+
+    result = run(env)
+
+    assert result.returncode == 0, result.stderr
+    (credentials,) = the(calls(env), "functionapp", "cors", "credentials")
+    assert options(credentials)["--enable"] == ["true"]
+    assert state(env)["cors_credentials"]["contoso-embed"] is True
+    assert "CORS credentials: on" in result.stdout
+    plain = base_env(tmp_path / "plain")
+    (tmp_path / "plain").mkdir()
+    assert run(plain).returncode == 0
+    assert the(calls(plain), "functionapp", "cors", "credentials") == []
+
+
+def test_any_origin_cannot_carry_the_sign_in_cookie(tmp_path: Path) -> None:
+    env = base_env(tmp_path, CORS_ORIGINS="*", ALLOW_ANY_ORIGIN="true", POWERBI_RLS_USERNAME_SOURCE="principal")
+
+    result = run(env)
+
+    assert result.returncode != 0
+    assert "cannot carry the sign-in cookie" in result.stderr
+    assert calls(env) == []

@@ -17,13 +17,20 @@ from emulator import (
     WORKSPACE_ID,
     FakeUpstream,
 )
+from emulator.entra import emulator_session
 from shared import doctor
 from tests.conftest import PASSWORD, SECRET
 
 
-def run(env: dict[str, str], *argv: str) -> tuple[int, str]:
+def run(env: dict[str, str], *argv: str, authority: str | None = None) -> tuple[int, str]:
     out = io.StringIO()
-    status = doctor.main(list(argv), env, out)
+    authority = authority or env.get("POWERBI_AUTHORITY_HOST")
+    if not authority and "--settings" in argv:
+        authority = json.loads(Path(argv[argv.index("--settings") + 1]).read_text())["Values"].get(
+            "POWERBI_AUTHORITY_HOST"
+        )
+    session = emulator_session(authority) if authority else None  # MSAL's user realm URL has no port
+    status = doctor.main(list(argv), env, out, session)
     return status, out.getvalue()
 
 
@@ -47,10 +54,10 @@ def test_settings_from_local_settings_json(fake: FakeUpstream, env: dict[str, st
     path = tmp_path / "local.settings.json"
     path.write_text(json.dumps({"IsEncrypted": False, "Values": env}))
 
-    status, text = run({}, "--settings", str(path))
+    status, text = run({}, "--settings", str(path), authority=fake.base_url)
 
     assert status == 0
-    assert f"Settings (from {path})" in text
+    assert f"Settings (from the environment, then {path})" in text
 
 
 def test_list(fake: FakeUpstream, env: dict[str, str]) -> None:
@@ -154,3 +161,51 @@ def test_a_dataset_that_requires_an_identity(fake: FakeUpstream, env: dict[str, 
     assert f"FAIL  test GenerateToken for report {RLS_REPORT_ID}" in text
     assert "POWERBI_RLS_USERNAME_SOURCE=principal" in text
     assert not fake.calls("POST", "GenerateToken")
+
+
+def test_the_environment_wins_over_local_settings_json_and_each_value_says_where_it_came_from(
+    fake: FakeUpstream, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "local.settings.json"
+    in_file = {**env, "POWERBI_WORKSPACE_ID": "not-a-guid", "POWERBI_MIN_TOKEN_MINUTES": "12"}
+    path.write_text(json.dumps({"IsEncrypted": False, "Values": in_file}))
+    environment = {"POWERBI_WORKSPACE_ID": WORKSPACE_ID, "POWERBI_ALLOW_EDIT": "false"}
+
+    status, text = run(environment, "--settings", str(path), authority=env["POWERBI_AUTHORITY_HOST"])
+
+    assert status == 0  # the file's bad workspace id is not what the function would run with
+    assert f"Settings (from the environment, then {path})" in text
+    assert f"POWERBI_WORKSPACE_ID = {WORKSPACE_ID}  (from the environment, over {path})" in text
+    assert f"POWERBI_MIN_TOKEN_MINUTES = 12  (from {path})" in text
+    assert "POWERBI_ALLOW_EDIT = false  (from the environment)" in text
+    assert f"POWERBI_PASSWORD = (set)  (from {path})" in text
+    assert "not-a-guid" not in text
+
+
+def test_an_empty_environment_variable_does_not_hide_the_files_value(
+    fake: FakeUpstream, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"Values": env}))
+
+    status, text = run({"POWERBI_WORKSPACE_ID": ""}, "--settings", str(path), authority=env["POWERBI_AUTHORITY_HOST"])
+
+    assert status == 0
+    assert f"POWERBI_WORKSPACE_ID = {WORKSPACE_ID}  (from {path})" in text
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"POWERBI_MIN_TOKEN_MINUTES": "60"}, "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30"),
+        ({"POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_TENANT_ID": "common"}, "POWERBI_TENANT_ID must name"),
+    ],
+)
+def test_settings_that_cannot_work_fail_in_the_doctor(
+    fake: FakeUpstream, env: dict[str, str], values: dict[str, str], named: str
+) -> None:
+    status, text = run({**env, **values})
+
+    assert status == 1
+    assert f"FAIL  {named}" in text
+    assert fake.requests == []

@@ -66,14 +66,14 @@ def test_report_for_a_master_user_through_a_confidential_client(call: Callable[.
         "expiration": issued.expiration,
     }
     assert answer["embedUrl"].startswith(f"https://app.powerbi.com/reportEmbed?reportId={REPORT_ID}&groupId=")
-    # What went upstream: discovery, user realm, a password grant with the secret, the report, its dataset's
-    # row-level-security flags, V2 GenerateToken.
+    # What went upstream: discovery, user realm, a password grant with the secret, the workspace's reports
+    # and datasets (the catalog: embed URL, dataset, row-level-security flags), V2 GenerateToken.
     assert paths(fake) == [
         f"GET /{fake.tenant_guid}/v2.0/.well-known/openid-configuration",
         "GET /common/userrealm/embed.user@contoso.com",
         f"POST /{fake.tenant_guid}/oauth2/v2.0/token",
-        f"GET /v1.0/myorg/groups/{WORKSPACE_ID}/reports/{REPORT_ID}",
-        f"GET /v1.0/myorg/groups/{WORKSPACE_ID}/datasets/{DATASET_ID}",
+        f"GET /v1.0/myorg/groups/{WORKSPACE_ID}/reports",
+        f"GET /v1.0/myorg/groups/{WORKSPACE_ID}/datasets",
         "POST /v1.0/myorg/GenerateToken",
     ]
     grant = fake.token_calls[0].form
@@ -257,12 +257,12 @@ def test_throttling_longer_than_the_deadline_is_not_waited_for(
 def test_power_bi_unavailable_is_503_with_retry_after(
     call: Callable[..., Any], fake: FakeUpstream, clock: FakeClock
 ) -> None:
-    fake.fault("GET", "/reports/", status=503, headers={"Retry-After": "1"}, times=10)
+    fake.fault("GET", "/reports", status=503, headers={"Retry-After": "1"}, times=10)
 
     response = call(REPORT)
 
     assert (response.status_code, error_code(response), response.headers["Retry-After"]) == (503, "unavailable", "1")
-    assert len(fake.calls("GET", "/reports/")) == 4
+    assert len(fake.calls("GET", "/reports")) == 4
 
 
 def test_server_errors_are_retried_with_backoff(call: Callable[..., Any], fake: FakeUpstream, clock: FakeClock) -> None:
@@ -360,8 +360,8 @@ def test_health_reports_every_problem_without_values(
 
     response = call("/api/health")
 
-    assert (response.status_code, error_code(response)) == (500, "configuration_error")
-    message = body(response)["error"]["message"]
+    assert (response.status_code, body(response)["status"]) == (500, "misconfigured")
+    message = " ".join(body(response)["problems"])  # listed with details on (the env fixture's)
     for problem in ("POWERBI_WORKSPACE_ID must be a GUID", "POWERBI_CLIENT_SECRET is a Key Vault", "POWERBI_USERNAME"):
         assert problem in message
     assert "secretish" not in message and "VaultName" not in message
@@ -374,7 +374,7 @@ def test_many_requests_one_upstream_round(call: Callable[..., Any], fake: FakeUp
     answers = {body(call(REPORT))["accessToken"] for _ in range(100)}
 
     assert len(answers) == 1
-    assert len(fake.requests) == 6  # discovery, user realm, sign-in, report, dataset, GenerateToken
+    assert len(fake.requests) == 6  # discovery, user realm, sign-in, reports list, datasets list, GenerateToken
 
 
 def test_concurrent_cold_requests_share_one_generate_token(
@@ -400,8 +400,9 @@ def test_concurrent_cold_requests_share_one_generate_token(
 
 
 def test_a_token_with_less_than_the_minimum_left_is_not_reused(
-    call: Callable[..., Any], fake: FakeUpstream, clock: FakeClock
+    call: Callable[..., Any], fake: FakeUpstream, clock: FakeClock, env: dict[str, str]
 ) -> None:
+    env["POWERBI_CATALOG_TTL_SECONDS"] = "3600"
     first = body(call(REPORT))
     clock.advance(49 * 60)  # 11 minutes left of 60: still handed out
     assert body(call(REPORT))["accessToken"] == first["accessToken"]
@@ -411,7 +412,7 @@ def test_a_token_with_less_than_the_minimum_left_is_not_reused(
 
     assert second["accessToken"] != first["accessToken"]
     assert len(fake.calls("POST", "GenerateToken")) == 2
-    assert len(fake.calls("GET", "/reports/")) == 1  # the embed URL came from the cache
+    assert len(fake.calls("GET", "/reports")) == 1  # the embed URL came from the catalog
 
 
 def test_a_short_lived_entra_token_is_refreshed_before_generate_token(
@@ -445,7 +446,7 @@ def test_logs_hold_no_secret_and_one_line_per_request(
     function_app.use_service(None)
     answers = [body(call(REPORT)), body(call(REPORT)), body(call(DASHBOARD))]
     dashboard_request_ids = fake.issued_request_ids[-2:]
-    call(f"/api/embed/reports/{OTHER_REPORT_ID}", workspaceId=WORKSPACE_ID)  # 404 from Power BI
+    call(f"/api/embed/reports/{OTHER_REPORT_ID}", workspaceId=WORKSPACE_ID)  # 404: not in the catalog
 
     text = "\n".join(record.getMessage() for record in caplog.records)
     forbidden = [SECRET, PASSWORD, *fake.access_tokens, *fake.refresh_tokens, *fake.embed_tokens]
@@ -459,7 +460,7 @@ def test_logs_hold_no_secret_and_one_line_per_request(
     errors = [r.getMessage() for r in caplog.records if r.name == "shared.responses"]
     assert len(errors) == 2
     assert "AADSTS50126" in errors[0]
-    assert "404 not_found" in errors[1] and f"request_id={fake.issued_request_ids[-1]}" in errors[1]
+    assert "404 not_found" in errors[1] and f"report {OTHER_REPORT_ID} not in the catalog" in errors[1]
 
 
 def test_auth_level_is_function_unless_set_to_anonymous(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -467,9 +468,10 @@ def test_auth_level_is_function_unless_set_to_anonymous(monkeypatch: pytest.Monk
 
     def auth_levels() -> set[str]:
         module = importlib.reload(function_app)
-        # The OpenAPI document is anonymous by design, whatever the setting.
-        functions = [f for f in module.app.get_functions() if f.get_function_name() != "openapi"]
-        return {f.get_trigger().auth_level.value for f in functions}
+        functions = module.app.get_functions()
+        # /api/health (a platform probe carries no key) and /api/openapi.json are anonymous whatever the setting.
+        anonymous = {"health", "openapi"}
+        return {f.get_trigger().auth_level.value for f in functions if f.get_function_name() not in anonymous}
 
     try:
         assert auth_levels() == {"function"}

@@ -122,7 +122,41 @@ def test_reports_dashboards_tiles_datasets_and_users(fake: FakeUpstream) -> None
     }
 
 
+def test_the_list_calls_carry_the_fields_power_bi_sends(fake: FakeUpstream) -> None:
+    auth = app_auth(fake)
+    report_fields = {"id", "reportType", "name", "webUrl", "embedUrl", "datasetId", "datasetWorkspaceId"}
+    reports = pbi(fake, auth, f"{GROUP}/reports").json()
+    assert reports["@odata.context"].endswith(f"/groups/{WORKSPACE_ID}/$metadata#reports")
+    plain = next(r for r in reports["value"] if r["id"] == REPORT_ID)
+    assert report_fields <= plain.keys() and plain["datasetWorkspaceId"] == WORKSPACE_ID
+    datasets = {d["id"]: d for d in pbi(fake, auth, f"{GROUP}/datasets").json()["value"]}
+    assert {"isEffectiveIdentityRequired", "isEffectiveIdentityRolesRequired", "createReportEmbedURL"} <= (
+        datasets[RLS_DATASET_ID].keys()
+    )
+    assert OTHER_DATASET_ID not in datasets  # declared by the Finance workspace, not implied here
+    dashboards = pbi(fake, auth, f"{GROUP}/dashboards").json()["value"]
+    assert all({"id", "displayName", "embedUrl", "webUrl"} <= d.keys() for d in dashboards)
+    by_id = pbi(fake, auth, f"/datasets/{OTHER_DATASET_ID}").json()
+    assert by_id["id"] == OTHER_DATASET_ID and "isEffectiveIdentityRequired" in by_id
+
+
 # --- who may call -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [("TokenExpired", "TokenExpired"), ("revoked", "PowerBINotAuthorizedException")]
+)
+def test_a_token_valid_by_time_can_be_rejected(fake: FakeUpstream, code: str, expected: str) -> None:
+    auth = app_auth(fake)
+    assert pbi(fake, auth, f"{GROUP}/reports").status_code == 200
+
+    fake.reject_token(auth["Authorization"].removeprefix("Bearer "), code)
+
+    answer = pbi(fake, auth, f"{GROUP}/reports")
+    assert (answer.status_code, answer.json()["error"]["code"]) == (401, expected)
+    assert pbi(fake, app_auth(fake), f"{GROUP}/reports").status_code == 200  # a new token is accepted
+    fake.clear_faults()
+    assert pbi(fake, auth, f"{GROUP}/reports").status_code == 200
 
 
 def test_a_non_member_is_refused_with_401(fake: FakeUpstream) -> None:

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 import function_app
 from emulator import FakeUpstream
+from emulator.entra import emulator_session
 from emulator.host import FunctionRoutes, LocalHost
 from shared.openapi import openapi_document
 
@@ -41,9 +42,11 @@ def host(fake: FakeUpstream, env: dict[str, str], monkeypatch: pytest.MonkeyPatc
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     function_app.use_service(None)
+    function_app.use_session(emulator_session(fake.base_url))  # as the local host does for the emulator
     with LocalHost(FunctionRoutes(function_app.app, keys={KEY})) as local:
         yield f"{local.url}/api"
     function_app.use_service(None)
+    function_app.use_session(None)
 
 
 @schema.parametrize()

@@ -25,8 +25,8 @@ from emulator import (
     FakeUpstream,
 )
 
-ALICE = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"}
-BOB = {"X-MS-CLIENT-PRINCIPAL-NAME": "bob@contoso.com"}
+ALICE = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
+BOB = {"X-MS-CLIENT-PRINCIPAL-NAME": "bob@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
 
 def body(response: Any) -> dict[str, Any]:
@@ -144,8 +144,8 @@ def test_username_and_custom_data_from_claims(
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
-        ({"X-MS-CLIENT-PRINCIPAL-NAME": "alice smith@contoso.com"}, 400),
-        ({"X-MS-CLIENT-PRINCIPAL-NAME": "a" * 257}, 400),
+        ({"X-MS-CLIENT-PRINCIPAL-NAME": "alice smith@contoso.com", "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}, 400),
+        ({"X-MS-CLIENT-PRINCIPAL-NAME": "a" * 257, "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}, 400),
         ({"X-MS-CLIENT-PRINCIPAL": "not base64 json!"}, 401),
     ],
 )
@@ -244,8 +244,9 @@ def test_several_reports_under_one_token(call: Callable[..., Any], fake: FakeUps
     ]
     assert all(i["embedUrl"].startswith("https://app.powerbi.com/") for i in answer["items"])
     assert {"accessToken", "tokenType", "tokenId", "expiration"} <= answer.keys()
+    # The token's reports in a canonical order (one set, one token), the answer's in the order asked for.
     assert generate_bodies(fake) == [
-        {"reports": [{"id": REPORT_ID}, {"id": PAGINATED_REPORT_ID}], "datasets": [{"id": DATASET_ID}]}
+        {"reports": [{"id": PAGINATED_REPORT_ID}, {"id": REPORT_ID}], "datasets": [{"id": DATASET_ID}]}
     ]
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +147,114 @@ def test_the_example_settings_file_lists_every_setting() -> None:
 
     assert example["Values"]["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert {name for name in example["Values"] if name.startswith("POWERBI_")} == set(SETTING_NAMES)
+
+
+def test_row_level_security_pins_entra_id_and_takes_roles_from_the_setting_by_default() -> None:
+    s = Settings.from_env(MASTER_USER)
+
+    assert (s.rls_identity_provider, s.rls_allowed_tenants, s.rls_roles_source) == ("aad", None, "setting")
+    assert s.rls_allowed_roles == frozenset()
+
+
+def test_roles_from_the_principal_need_an_allow_list_and_a_principal() -> None:
+    env = {**MASTER_USER, "POWERBI_RLS_ROLES_SOURCE": "principal"}
+
+    message = problems(env)
+
+    assert "POWERBI_RLS_ALLOWED_ROLES is required with POWERBI_RLS_ROLES_SOURCE=principal" in message
+    assert "POWERBI_RLS_ROLES_SOURCE=principal needs POWERBI_RLS_USERNAME_SOURCE=principal" in message
+    both = {**env, "POWERBI_RLS_ALLOWED_ROLES": "Region", "POWERBI_RLS_ROLES": "Region"}
+    assert "set POWERBI_RLS_ROLES or POWERBI_RLS_ROLES_SOURCE=principal, not both" in problems(both)
+    s = Settings.from_env(
+        {
+            **env,
+            "POWERBI_RLS_ALLOWED_ROLES": " Region , Manager,",
+            "POWERBI_RLS_USERNAME_SOURCE": "principal",
+            "WEBSITE_AUTH_ENABLED": "true",
+        }
+    )
+    assert (s.rls_roles_source, s.rls_allowed_roles) == ("principal", {"Region", "Manager"})
+
+
+def test_bad_identity_settings_name_the_setting() -> None:
+    message = problems(
+        {
+            **MASTER_USER,
+            "POWERBI_RLS_IDENTITY_PROVIDER": "aad, github",
+            "POWERBI_RLS_ALLOWED_TENANTS": "contoso.onmicrosoft.com",
+            "POWERBI_RLS_ROLES_SOURCE": "claims",
+        }
+    )
+
+    assert "POWERBI_RLS_IDENTITY_PROVIDER must be one identity provider name" in message
+    assert "POWERBI_RLS_ALLOWED_TENANTS must be a comma-separated list of GUIDs" in message
+    assert "POWERBI_RLS_ROLES_SOURCE must be setting or principal" in message
+    assert "contoso" not in message
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"POWERBI_MIN_TOKEN_MINUTES": "31"}, "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30"),
+        ({"POWERBI_MIN_TOKEN_MINUTES": "60"}, "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30"),
+        (
+            {"POWERBI_TOKEN_LIFETIME_MINUTES": "61"},
+            "POWERBI_TOKEN_LIFETIME_MINUTES must be a whole number from 1 to 60",
+        ),
+        (
+            {"POWERBI_TOKEN_LIFETIME_MINUTES": "10"},
+            "POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES",
+        ),
+        (
+            {"POWERBI_TOKEN_LIFETIME_MINUTES": "20", "POWERBI_MIN_TOKEN_MINUTES": "30"},
+            "POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES",
+        ),
+    ],
+)
+def test_token_minutes_that_leave_no_token_to_reuse_are_refused(values: dict[str, str], expected: str) -> None:
+    assert expected in problems({**MASTER_USER, **values})
+
+
+def test_token_minutes_at_their_limits_are_accepted() -> None:
+    s = Settings.from_env({**MASTER_USER, "POWERBI_MIN_TOKEN_MINUTES": "30", "POWERBI_TOKEN_LIFETIME_MINUTES": "60"})
+
+    assert (s.min_token_minutes, s.token_lifetime_minutes) == (30, 60)
+
+
+@pytest.mark.parametrize("tenant", ["", "organizations", "common", "Consumers"])
+def test_a_service_principal_needs_a_tenant_not_an_alias(tenant: str) -> None:
+    env = {
+        "POWERBI_AUTH_MODE": "ServicePrincipal",
+        "POWERBI_CLIENT_ID": CLIENT,
+        "POWERBI_CLIENT_SECRET": "secret-4410",
+        "POWERBI_WORKSPACE_ID": WORKSPACE,
+        "POWERBI_TENANT_ID": tenant,
+    }
+
+    message = problems(env)
+
+    assert "POWERBI_TENANT_ID" in message
+    assert "secret-4410" not in message
+
+
+@pytest.mark.parametrize("tenant", ["organizations", "common", "consumers"])
+def test_a_managed_identity_refuses_a_tenant_alias(tenant: str) -> None:
+    env = {"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_WORKSPACE_ID": WORKSPACE, "POWERBI_TENANT_ID": tenant}
+
+    assert "POWERBI_TENANT_ID must name the tenant" in problems(env)
+    assert Settings.from_env({**env, "POWERBI_TENANT_ID": OTHER}).auth_mode == "ManagedIdentity"
+
+
+def test_a_master_user_may_sign_in_through_organizations() -> None:
+    assert Settings.from_env({**MASTER_USER, "POWERBI_TENANT_ID": "organizations"}).tenant_id == "organizations"
+
+
+def test_health_names_a_setting_that_cannot_work(call: Callable[..., Any], env: dict[str, str]) -> None:
+    env["POWERBI_MIN_TOKEN_MINUTES"] = "60"
+
+    response = call("/api/health")
+
+    assert response.status_code == 500
+    health = json.loads(response.get_body())
+    assert health["status"] == "misconfigured"  # with details on (the env fixture's): the problems
+    assert "POWERBI_MIN_TOKEN_MINUTES must be a whole number from 0 to 30" in health["problems"]

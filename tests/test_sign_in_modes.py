@@ -18,8 +18,10 @@ from emulator import (
     USER_ASSIGNED_CLIENT_ID,
     FakeUpstream,
 )
-from shared.errors import ConfigurationError
+from emulator.entra import emulator_session
+from shared.errors import ConfigurationError, SignInUnavailable
 from shared.settings import Settings
+from tests.conftest import FakeClock
 
 REPORT = f"/api/embed/reports/{REPORT_ID}"
 DASHBOARD = f"/api/embed/dashboards/{DASHBOARD_ID}"
@@ -237,3 +239,43 @@ def test_managed_identity_that_the_app_does_not_have(
     assert response.status_code == 502
     assert "POWERBI_MANAGED_IDENTITY_CLIENT_ID" in response.get_body().decode()
     assert not fake.calls(path_contains="/v1.0/")
+
+
+# --- the user-realm port: the emulator's business, not the function's ---------------------------------------
+
+
+def test_production_code_does_not_rewrite_the_user_realm_port(
+    fake: FakeUpstream, env: dict[str, str], clock: FakeClock
+) -> None:
+    """Without the emulator's session, MSAL's port-less user-realm URL goes to port 443, where nothing listens."""
+    from shared.embed import EmbedService
+
+    service = EmbedService.create(Settings.from_env(env), clock)  # a plain session, as in Azure
+
+    with pytest.raises(SignInUnavailable) as raised:
+        service.tokens.token(0)
+
+    assert "https://localhost/common/userrealm/" in raised.value.cause
+    assert fake.token_calls == []
+
+
+def test_the_emulator_session_routes_the_user_realm_to_the_authority_port(fake: FakeUpstream) -> None:
+    session = emulator_session(fake.base_url)
+
+    answer = session.get("https://localhost/common/userrealm/embed.user@contoso.com?api-version=1.0", timeout=10)
+
+    assert answer.json()["account_type"] == "Managed"
+    assert fake.calls("GET", "/common/userrealm/")
+
+
+def test_the_doctor_against_the_emulator(
+    fake: FakeUpstream, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: Any
+) -> None:
+    from emulator import doctor as emulator_doctor
+
+    monkeypatch.chdir(tmp_path)  # no local.settings.json: the environment
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    assert emulator_doctor.main([]) == 0
+    assert "Result: OK" in capsys.readouterr().out

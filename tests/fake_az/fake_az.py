@@ -37,6 +37,7 @@ ALIASES = {"-g": "--resource-group", "-n": "--name", "-o": "--output", "-l": "--
 STORAGE_NAME = re.compile(r"^[a-z0-9]{3,24}$")
 VAULT_NAME = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$")
+REDIS_NAME = re.compile(r"^(?=.{1,60}$)[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
 
 
 class AzError(Exception):
@@ -196,13 +197,21 @@ class Fake:
         return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
 
     def cors_show(self) -> Any:
-        origins = self.table("cors").get(self.app_show()["name"], [])
-        return {"allowedOrigins": origins, "supportCredentials": False}
+        name = self.app_show()["name"]
+        origins = self.table("cors").get(name, [])
+        return {"allowedOrigins": origins, "supportCredentials": self.table("cors_credentials").get(name, False)}
 
     def cors_add(self) -> Any:
         origins = self.table("cors").setdefault(self.app_show()["name"], [])
         origins.extend(o for o in self.options.get("--allowed-origins", []) if o not in origins)
-        return {"allowedOrigins": origins, "supportCredentials": False}
+        return self.cors_show()
+
+    def cors_credentials(self) -> Any:
+        enable = self.opt("--enable").lower()
+        if enable not in ("true", "false"):
+            raise AzError(f"argument --enable: invalid choice: '{enable}' (choose from 'false', 'true')", 2)
+        self.table("cors_credentials")[self.app_show()["name"]] = enable == "true"
+        return self.cors_show()
 
     def config_zip(self) -> Any:
         app = self.app_show()
@@ -279,6 +288,63 @@ class Fake:
         secret_id = f"{vault['properties']['vaultUri']}secrets/{name}/{stable_guid(name, str(len(versions)))}"
         return {"id": secret_id, "name": name, "value": value, "attributes": {"enabled": True}}
 
+    def secret_show(self) -> Any:
+        vault = self.vault_by_name(self.opt("--vault-name"))
+        name = self.opt("--name")
+        versions = self.table("secrets").get(f"{vault['name']}/{name}")
+        if not versions:
+            raise AzError(f"(SecretNotFound) A secret with (name/id) {name} was not found in this key vault.", 3)
+        return {"id": f"{vault['properties']['vaultUri']}secrets/{name}", "name": name, "value": versions[-1]["value"]}
+
+    # -- Azure Managed Redis (az redisenterprise), for deploy.sh --redis ---------------------------
+
+    def redis_show(self) -> Any:
+        return self.find("redis", "Microsoft.Cache/redisEnterprise")
+
+    def redis_create(self) -> Any:
+        if not REDIS_NAME.match(self.opt("--name")):
+            raise AzError("(InvalidResourceName) not a valid Redis Enterprise cluster name.", 1)
+        database = {
+            name.lstrip("-"): self.opt(name, required=False)
+            for name in (
+                "--client-protocol",
+                "--port",
+                "--clustering-policy",
+                "--eviction-policy",
+                "--access-keys-auth",
+            )
+        }
+        extra = {"sku": {"name": self.opt("--sku")}, "minimumTlsVersion": self.opt("--minimum-tls-version", False)}
+        cluster = self.resource("redis", "Microsoft.Cache/redisEnterprise", {**extra, "database": database})
+        cluster["hostName"] = f"{cluster['name']}.{cluster['location']}.redis.azure.net"
+        cluster["accessPolicyAssignments"] = []
+        return cluster
+
+    def redis_cluster(self) -> dict[str, Any]:
+        name, group = self.opt("--cluster-name"), self.group()["name"]
+        cluster: dict[str, Any] | None = self.table("redis").get(name)
+        if cluster is None or cluster["resourceGroup"] != group or self.opt("--database-name") != "default":
+            raise not_found("Microsoft.Cache/redisEnterprise/databases", f"{name}/default", group)
+        return cluster
+
+    def redis_assignment_list(self) -> Any:
+        return self.redis_cluster()["accessPolicyAssignments"]
+
+    def redis_assignment_create(self) -> Any:
+        cluster = self.redis_cluster()
+        name = self.opt("--access-policy-assignment-name")
+        if not re.fullmatch(r"[A-Za-z0-9]{1,60}", name):
+            raise AzError("(InvalidParameter) the access policy assignment name takes letters and digits only.", 1)
+        if any(a["name"] == name for a in cluster["accessPolicyAssignments"]):
+            raise AzError(f"(Conflict) access policy assignment '{name}' already exists.", 1)
+        assignment = {
+            "name": name,
+            "accessPolicyName": self.opt("--access-policy-name"),
+            "user": {"objectId": self.opt("--object-id")},
+        }
+        cluster["accessPolicyAssignments"].append(assignment)
+        return assignment
+
 
 COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("account", "show"): Fake.account_show,
@@ -295,12 +361,18 @@ COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("functionapp", "config", "appsettings", "set"): Fake.appsettings_set,
     ("functionapp", "cors", "show"): Fake.cors_show,
     ("functionapp", "cors", "add"): Fake.cors_add,
+    ("functionapp", "cors", "credentials"): Fake.cors_credentials,
     ("functionapp", "deployment", "source", "config-zip"): Fake.config_zip,
     ("keyvault", "show"): Fake.vault_show,
     ("keyvault", "create"): Fake.vault_create,
     ("keyvault", "secret", "set"): Fake.secret_set,
     ("role", "assignment", "list"): Fake.role_list,
     ("role", "assignment", "create"): Fake.role_create,
+    ("keyvault", "secret", "show"): Fake.secret_show,
+    ("redisenterprise", "show"): Fake.redis_show,
+    ("redisenterprise", "create"): Fake.redis_create,
+    ("redisenterprise", "database", "access-policy-assignment", "list"): Fake.redis_assignment_list,
+    ("redisenterprise", "database", "access-policy-assignment", "create"): Fake.redis_assignment_create,
 }
 
 

@@ -1,0 +1,212 @@
+"""The workspace catalog: what each allowed workspace holds, read with Power BI's list calls.
+
+Per workspace the function reads its reports, dashboards and datasets with one list call each
+(``GET /groups/{id}/reports``, ``/dashboards``, ``/datasets``) instead of one GET per item, a
+dashboard's tiles with ``/dashboards/{id}/tiles`` when a dashboard or tile is asked for, and a
+paginated report's data sources once. Each answer (a ``Listing``) is kept for
+POWERBI_CATALOG_TTL_SECONDS. Embed URLs, a report's dataset, paginated or not, and the datasets'
+row-level-security flags all come from it.
+
+An id that is not in a listing is a 404 without an upstream call; it re-reads the listing at most
+once per POWERBI_CATALOG_REFRESH_SECONDS (a report published a minute ago works, a flood of random
+ids costs nothing more). Concurrent reads of one listing share one call. A listing that cannot be
+read raises Power BI's answer and is not kept, so it is never cached as empty.
+
+A report's dataset may live in another workspace (``datasetWorkspaceId``): that workspace's
+datasets list is read (only its datasets, one call, cached alike). A paginated report's semantic
+model is looked for in the report's workspace, else read by id (Datasets - Get Dataset).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shared.cache import SharedStore, SingleFlight, TieredCache
+from shared.clock import SYSTEM_CLOCK, Clock
+from shared.errors import NotFound
+from shared.http import current_context
+from shared.powerbi import Bearer, Dataset, Item, PowerBIClient
+
+logger = logging.getLogger(__name__)
+
+ListingKind = Literal["reports", "dashboards", "datasets", "tiles", "datasources", "dataset"]
+# Listings held in process: a few per workspace, one per dashboard asked for, one per paginated report.
+# Only ids found in Power BI's own answers get an entry, so random ids cannot fill it.
+MAX_LISTINGS = 4096
+
+
+@dataclass(frozen=True)
+class ListingKey:
+    """Which list call: (kind, workspace, the dashboard or report it belongs to)."""
+
+    kind: ListingKind
+    workspace_id: str
+    parent: str = ""
+
+    def text(self) -> str:
+        return f"{self.kind}:{self.workspace_id}:{self.parent}"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One list call's answer, as far as embedding needs it, and when it was read (epoch seconds)."""
+
+    read_at: float
+    items: tuple[Item, ...] = ()
+    datasets: tuple[Dataset, ...] = ()
+    models: tuple[str, ...] = ()  # a paginated report's semantic models (dataset ids)
+    _by_id: dict[str, Item | Dataset] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_id: dict[str, Item | Dataset] = {i.id: i for i in self.items}
+        by_id.update({d.id: d for d in self.datasets})
+        object.__setattr__(self, "_by_id", by_id)
+
+    def find(self, item_id: str) -> Item | Dataset | None:
+        return self._by_id.get(item_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "readAt": self.read_at,
+            "items": [i.to_json() for i in self.items],
+            "datasets": [d.to_json() for d in self.datasets],
+            "models": list(self.models),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Listing:
+        return cls(
+            float(data["readAt"]),
+            tuple(Item.from_json(i) for i in data["items"]),
+            tuple(Dataset.from_json(d) for d in data["datasets"]),
+            tuple(str(m) for m in data["models"]),
+        )
+
+
+class _ListingCodec:
+    def to_json(self, value: Listing) -> dict[str, Any]:
+        return value.to_json()
+
+    def from_json(self, data: dict[str, Any]) -> Listing:
+        return Listing.from_json(data)
+
+
+class Catalog:
+    def __init__(
+        self,
+        powerbi: PowerBIClient,
+        ttl_seconds: float,
+        refresh_seconds: float,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        store: SharedStore | None = None,
+        max_listings: int = MAX_LISTINGS,
+    ) -> None:
+        self.powerbi = powerbi
+        self.ttl_seconds = ttl_seconds
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self._listings: TieredCache[ListingKey, Listing] = TieredCache(
+            "catalog",
+            max_listings,
+            lambda listing: listing.read_at + ttl_seconds,
+            clock=clock,
+            store=store,
+            codec=_ListingCodec(),
+            key_text=ListingKey.text,
+        )
+        self._flights: SingleFlight[ListingKey, Listing] = SingleFlight()
+
+    # -- what the embed flow asks ----------------------------------------------------------------------------
+
+    def report(self, bearer: Bearer, workspace_id: str, report_id: str) -> Item:
+        return self._item(bearer, ListingKey("reports", workspace_id), report_id, "report")
+
+    def dashboard(self, bearer: Bearer, workspace_id: str, dashboard_id: str) -> Item:
+        """The dashboard, with the datasets behind its tiles."""
+        dashboard = self._item(bearer, ListingKey("dashboards", workspace_id), dashboard_id, "dashboard")
+        tiles = self._listing(bearer, ListingKey("tiles", workspace_id, dashboard_id))
+        datasets = tuple(sorted({d for tile in tiles.items for d in tile.datasets}))
+        return Item("dashboard", dashboard.id, workspace_id, dashboard.embed_url, datasets)
+
+    def tile(self, bearer: Bearer, workspace_id: str, dashboard_id: str, tile_id: str) -> Item:
+        self._item(bearer, ListingKey("dashboards", workspace_id), dashboard_id, "dashboard")
+        return self._item(bearer, ListingKey("tiles", workspace_id, dashboard_id), tile_id, "tile")
+
+    def dataset(self, bearer: Bearer, workspace_id: str, dataset_id: str) -> Dataset:
+        found = self._find(bearer, ListingKey("datasets", workspace_id), dataset_id)
+        if not isinstance(found, Dataset):
+            raise NotFound(
+                f"Power BI has no dataset {dataset_id} in this workspace, or the identity cannot see it.",
+                cause=f"dataset {dataset_id} not in the catalog of workspace {workspace_id}",
+            )
+        return found
+
+    def semantic_models(self, bearer: Bearer, report: Item) -> tuple[Dataset, ...]:
+        """The Power BI semantic models a paginated report queries (none for a SQL source, say)."""
+        if not report.paginated:
+            return ()
+        sources = self._listing(bearer, ListingKey("datasources", report.workspace_id, report.id))
+        return tuple(self._model(bearer, report.workspace_id, model) for model in sources.models)
+
+    def _model(self, bearer: Bearer, workspace_id: str, dataset_id: str) -> Dataset:
+        here = self._listing(bearer, ListingKey("datasets", workspace_id)).find(dataset_id)
+        if isinstance(here, Dataset):
+            return here
+        # In another workspace: the data source does not say which, so read the one dataset by id.
+        elsewhere = self._listing(bearer, ListingKey("dataset", "", dataset_id)).datasets
+        return elsewhere[0]
+
+    # -- listings --------------------------------------------------------------------------------------------
+
+    def _item(self, bearer: Bearer, key: ListingKey, item_id: str, noun: str) -> Item:
+        found = self._find(bearer, key, item_id)
+        if not isinstance(found, Item):
+            raise NotFound(
+                f"Power BI has no {noun} {item_id} in this workspace, or the identity cannot see it.",
+                cause=f"{noun} {item_id} not in the catalog of workspace {key.workspace_id}",
+            )
+        return found
+
+    def _find(self, bearer: Bearer, key: ListingKey, item_id: str) -> Item | Dataset | None:
+        """The item from the listing; an unknown id re-reads it only when the last read is old enough."""
+        listing = self._listing(bearer, key)
+        found = listing.find(item_id)
+        if found is None and self.clock.now() - listing.read_at >= self.refresh_seconds:
+            listing = self._listing(bearer, key, newer_than=listing.read_at)
+            found = listing.find(item_id)
+        return found
+
+    def _listing(self, bearer: Bearer, key: ListingKey, newer_than: float | None = None) -> Listing:
+        listing = self._listings.local(key)  # the shared store, if any, is read in the flight below
+        if listing is not None and (newer_than is None or listing.read_at > newer_than):
+            return listing
+
+        def read() -> Listing:
+            # A concurrent reader may have just finished: its listing will do.
+            again = self._listings.get(key)
+            if again is not None and (newer_than is None or again.read_at > newer_than):
+                return again
+            fresh = self._read(bearer, key)
+            self._listings.put(key, fresh)
+            return fresh
+
+        deadline = current_context(self.clock).deadline
+        return self._flights.run(key, read, deadline.remaining)[0]
+
+    def _read(self, bearer: Bearer, key: ListingKey) -> Listing:
+        pbi, ws, now = self.powerbi, key.workspace_id, self.clock.now()
+        readers: dict[str, Callable[[str], Listing]] = {
+            "reports": lambda token: Listing(now, items=pbi.list_reports(token, ws)),
+            "dashboards": lambda token: Listing(now, items=pbi.list_dashboards(token, ws)),
+            "tiles": lambda token: Listing(now, items=pbi.list_tiles(token, ws, key.parent)),
+            "datasets": lambda token: Listing(now, datasets=pbi.list_datasets(token, ws)),
+            "dataset": lambda token: Listing(now, datasets=(pbi.find_dataset(token, key.parent),)),
+            "datasources": lambda token: Listing(now, models=pbi.semantic_models(token, ws, key.parent)),
+        }
+        listing = bearer.call(readers[key.kind])
+        logger.debug("catalog %s read: %d entries", key.text(), len(listing.items) + len(listing.datasets))
+        return listing
