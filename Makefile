@@ -5,11 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup clean
+.PHONY: demo demo-swa test setup clean
 
 ## demo: set up, then run the emulator, the function (local host) and the web sample until Ctrl-C
 demo: setup
 	@$(PY) scripts/demo.py
+
+## demo-swa: the same behind the Static Web Apps CLI (sign-in emulated, row-level security on) until Ctrl-C
+demo-swa: setup
+	@$(PY) scripts/demo_swa.py
 
 ## test: set up, then run the whole test suite (the browser test needs /usr/bin/chromium)
 test: setup
