@@ -79,8 +79,7 @@ class Throttled(EmbedError):
         request_id: str | None = None,
         upstream: Upstream | None = None,
     ) -> None:
-        # Exposed: a cross-origin page (CORS) may read only the headers listed; the wait is meant for it.
-        headers = {"Retry-After": str(retry_after), "Access-Control-Expose-Headers": "Retry-After"}
+        headers = {"Retry-After": str(retry_after)}
         super().__init__(message, cause=cause, request_id=request_id, headers=headers, upstream=upstream)
         self.status = status
         self.code = "throttled" if status == 429 else "unavailable"

@@ -44,7 +44,11 @@ def error_response(error: EmbedError, request_id: str = "", details: bool = Fals
     )
     message = error.message if details else public_message(error.code)
     body = {"error": {"code": error.code, "message": message, "requestId": request_id}}
-    return json_response(body, error.status, error.headers)
+    headers = dict(error.headers)
+    if "Retry-After" in headers:
+        # A cross-origin page (CORS) may read only the headers listed; the wait is meant for it.
+        headers["Access-Control-Expose-Headers"] = "Retry-After"
+    return json_response(body, error.status, headers)
 
 
 def respond(

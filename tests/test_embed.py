@@ -238,6 +238,7 @@ def test_persistent_throttling_is_429_with_retry_after(
 
     assert (response.status_code, error_code(response)) == (429, "throttled")
     assert response.headers["Retry-After"] == "3"
+    assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"  # readable by a CORS page
     assert len(fake.calls("POST", "GenerateToken")) == 4  # the first try and three retries
     assert clock.sleeps == [3, 3, 3]
 

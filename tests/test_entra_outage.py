@@ -57,6 +57,7 @@ def test_entras_own_retry_after_is_passed_on(call: Callable[..., Any], fake: Fak
     response = call(REPORT)
 
     assert answer(response) == (503, "signin_unavailable", "7")
+    assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"  # readable by a CORS page
     # 7 s waits inside a 20 s deadline: three attempts, then the answer instead of a third wait.
     assert clock.sleeps == [7.0, 7.0]
     assert len(fake.token_calls) == 3
