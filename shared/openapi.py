@@ -24,7 +24,7 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "429": ("throttled",),
     "500": ("configuration_error", "internal_error"),
     "502": ("sign_in_failed", "powerbi_error", "upstream_unreachable"),
-    "503": ("unavailable",),
+    "503": ("unavailable", "signin_unavailable"),
     "504": ("upstream_timeout",),
 }
 

@@ -58,3 +58,14 @@ def test_it_is_served_anonymously_even_where_function_keys_are_enforced_and_call
     assert json.loads(answer.get_body()) == openapi_document()
     assert fake.requests == []
     assert routes.dispatch("GET", "/api/embed/reports/x").status_code == 401  # the embed routes still need the key
+
+
+def test_every_error_class_is_documented_at_its_status() -> None:
+    import shared.errors as errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EmbedError)]
+    for cls in classes:
+        if cls is errors.Throttled:  # its status and code are set per answer: 429 throttled, 503 unavailable
+            assert "throttled" in ERRORS["429"] and "unavailable" in ERRORS["503"]
+            continue
+        assert cls.code in ERRORS[str(cls.status)], cls.__name__
