@@ -131,6 +131,11 @@ def test_a_user_signed_in_through_the_swa_cli_gets_a_token_with_their_identity_a
         signed_out.json()["error"]["message"] == "Sign in first: this function issues tokens only to signed-in users."
     )
 
+    # Signed out, the page itself is behind sign-in (staticwebapp.config.json): sent to the login.
+    to_login = page.request.get(f"{swa}/", max_redirects=0)
+    assert to_login.status == 302
+    assert to_login.headers["location"].startswith("/.auth/login/aad")
+
     page.goto(f"{swa}/.auth/login/aad")
     page.type("#userDetails", "ana@contoso.com")
     page.fill("#userRoles", "")  # it holds the default roles; typing (keyup) is what saves the field
