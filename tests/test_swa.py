@@ -44,6 +44,8 @@ def test_the_content_security_policy_allows_only_this_origin_and_power_bi() -> N
 
 # -- the sample behind the SWA CLI, in Chromium ---------------------------------------------------------------
 
+import os  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -108,7 +110,7 @@ def swa(fake: FakeUpstream, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
                     time.sleep(0.2)
             yield url
         finally:
-            cli.terminate()
+            os.killpg(cli.pid, signal.SIGTERM)  # the CLI's own server is a child in its process group
             cli.wait(timeout=10)
     function_app.use_service(None)
     function_app.use_session(None)
