@@ -120,6 +120,10 @@ class Catalog:
         )
         self._flights: SingleFlight[ListingKey, Listing] = SingleFlight()
 
+    def __len__(self) -> int:
+        """Workspace listings kept (for the cache-entries gauge)."""
+        return len(self._listings)
+
     # -- what the embed flow asks ----------------------------------------------------------------------------
 
     def report(self, bearer: Bearer, workspace_id: str, report_id: str) -> Item:

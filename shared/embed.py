@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import requests
 
+from shared import telemetry
 from shared.cache import SharedStore, TieredCache
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -170,6 +171,8 @@ class EmbedService:
             codec=EmbedCodec(),
             key_text=TokenKey.text,
         )
+        telemetry.watch_cache("tokens", lambda: len(self.embeds))
+        telemetry.watch_cache("catalog", lambda: len(self.catalog))
 
     @classmethod
     def create(
@@ -203,7 +206,9 @@ class EmbedService:
         identity: Identity | None = None,
     ) -> Embed:
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
+        telemetry.annotate(kind=kind)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
+        telemetry.annotate(workspace_id=request.workspace_id, item_ids=request.ids)
         with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
             bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
             plan = self._plan(request, bearer)
@@ -212,6 +217,9 @@ class EmbedService:
                 lambda: self._mint(bearer, request.kind, plan.request),
                 context.deadline.remaining,
             )
+            # A value from the shared store (l2) is a hit too: Power BI was not asked.
+            telemetry.annotate(cache="hit" if outcome == "l2" else outcome, rls=plan.key.identity is not None)
+            telemetry.token_handed_out(kind, embed.token.expires_at - self.clock.now())
             logger.info(
                 "embed %s %s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
                 "request_ids=%s token_id=%s",
@@ -333,4 +341,5 @@ class EmbedService:
 
     def _mint(self, bearer: Bearer, kind: Kind, request: TokenRequest) -> Embed:
         token = bearer.call(lambda access: self.powerbi.generate_token(access, request))
+        telemetry.token_minted(kind, request.api, bool(request.identities))
         return Embed(kind, request.items, token, request.create_on)

@@ -19,6 +19,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared import telemetry
 from shared.errors import EmbedError, public_message
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def error_response(error: EmbedError, request_id: str = "", details: bool = Fals
         error.cause,
         error.request_id or "-",
     )
+    telemetry.annotate(error_code=error.code)
     message = error.message if details else public_message(error.code)
     body = {"error": {"code": error.code, "message": message, "requestId": request_id}}
     headers = dict(error.headers)
@@ -71,6 +73,7 @@ def respond(
             type(exc).__name__,
             exc_info=exc,
         )
+        telemetry.annotate(error_code="internal_error")
         body = {
             "error": {"code": "internal_error", "message": public_message("internal_error"), "requestId": request_id}
         }
