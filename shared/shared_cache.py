@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from shared import telemetry
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.settings import Settings, SharedCacheSettings
 
@@ -121,6 +122,11 @@ class SharedCache:
         self._closed_at: float | None = None  # monotonic time until which Redis is left alone
         self._down = False
         self._warned_credentials = False
+        # Where Redis is, for telemetry: its host and port, never the URL (it may hold a password).
+        where = client.connection_pool.connection_kwargs
+        self._telemetry: dict[str, telemetry.AttributeValue] = {"db.system.name": "redis"}
+        if where.get("host"):
+            self._telemetry |= {"server.address": str(where["host"]), "server.port": int(where.get("port", 6379))}
 
     @classmethod
     def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> SharedCache | None:
@@ -169,11 +175,15 @@ class SharedCache:
         with self._lock:
             return self._closed_at is None or self.clock.monotonic() >= self._closed_at
 
-    def _call(self, operation: Callable[[redis.Redis], T]) -> T:
+    def _call(self, command: str, operation: Callable[[redis.Redis], T]) -> T:
+        """``operation`` on Redis, one ``command`` (``GET``, ``SET``...), timed for telemetry."""
         if not self.available:
             raise _Unavailable
         try:
-            result = operation(self.client)
+            attributes = {**self._telemetry, "db.operation.name": command}
+            with telemetry.upstream("redis", command, f"redis {command}", attributes) as call:
+                result = operation(self.client)
+                call.status("ok")
         except Exception as exc:  # whatever Redis does, the request goes on without it
             self._failed(exc)
             raise _Unavailable from exc
@@ -223,7 +233,7 @@ class SharedCache:
         """The plain value of an entry, or None (a miss, unreadable, or Redis unavailable)."""
         redis_key = self.key(kind, key)
         try:
-            sealed = self._call(lambda r: r.get(redis_key))
+            sealed = self._call("GET", lambda r: r.get(redis_key))
         except _Unavailable:
             return None
         if not isinstance(sealed, bytes):
@@ -243,7 +253,7 @@ class SharedCache:
         redis_key = self.key(kind, key)
         sealed = self.seal(redis_key, value)
         try:
-            self._call(lambda r: r.set(redis_key, sealed, px=milliseconds))
+            self._call("SET", lambda r: r.set(redis_key, sealed, px=milliseconds))
         except _Unavailable:
             return False
         return True
@@ -251,7 +261,7 @@ class SharedCache:
     def delete(self, kind: str, key: str) -> None:
         redis_key = self.key(kind, key)
         try:
-            self._call(lambda r: r.delete(redis_key))
+            self._call("DEL", lambda r: r.delete(redis_key))
         except _Unavailable:
             pass
 
@@ -265,20 +275,20 @@ class SharedCache:
         lock_key = self.key("lock", f"{kind}\n{key}")
         token = secrets.token_hex(16)
         milliseconds = max(1, int(ttl_seconds * 1000))
-        taken = self._call(lambda r: r.set(lock_key, token, nx=True, px=milliseconds))
+        taken = self._call("SET", lambda r: r.set(lock_key, token, nx=True, px=milliseconds))
         return token if taken else None
 
     def release(self, kind: str, key: str, token: str) -> bool:
         """Give the lock back if we still own it (after it expired, someone else may)."""
         lock_key = self.key("lock", f"{kind}\n{key}")
         try:
-            return bool(self._call(lambda r: self._release(keys=[lock_key], args=[token], client=r)))
+            return bool(self._call("EVALSHA", lambda r: self._release(keys=[lock_key], args=[token], client=r)))
         except _Unavailable:
             return False
 
     def locked(self, kind: str, key: str) -> bool:
         lock_key = self.key("lock", f"{kind}\n{key}")
-        return bool(self._call(lambda r: r.exists(lock_key)))
+        return bool(self._call("EXISTS", lambda r: r.exists(lock_key)))
 
     # -- the two-level read -----------------------------------------------------------------
 

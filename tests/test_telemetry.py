@@ -23,8 +23,10 @@ import pytest
 import requests
 
 from emulator import PAGINATED_REPORT_ID, REPORT_ID, USERNAME, FakeUpstream
-from tests.conftest import PASSWORD, SECRET
+from tests.conftest import PASSWORD, REDIS_PASSWORD, SECRET
+from tests.redis_server import RedisServer
 from tests.telemetry_receivers import IngestionStandIn, OtlpReceiver, Span
+from tests.test_shared_cache import KEY
 
 REPO = Path(__file__).resolve().parent.parent
 IKEY = "11111111-2222-3333-4444-555555555555"
@@ -391,3 +393,32 @@ def test_telemetry_off_imports_no_opentelemetry() -> None:
     env = _host_env({}, {})
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)  # noqa: S603
     assert out.stdout.strip() == "[]"
+
+
+def test_redis_calls_have_spans_and_durations_without_the_url_or_password(
+    fake: FakeUpstream, env: dict[str, str], start: Any, otlp: OtlpReceiver, redis_server: RedisServer
+) -> None:
+    cache = {"POWERBI_CACHE_URL": redis_server.url, "POWERBI_CACHE_ENCRYPTION_KEY": KEY}
+    host = start(_host_env({**env, **cache}, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}))
+    answer = host.get(f"embed/reports/{REPORT_ID}")
+    assert answer.status_code == 200
+    assert host.stop() == 0, host.output
+
+    spans = otlp.spans()
+    request = _requests(spans)["miss"]
+    redis_spans = [s for s in spans if s.attributes.get("powerbi.service") == "redis"]
+    assert redis_spans and all(s.trace_id == request.trace_id for s in redis_spans)
+    assert {s.name for s in redis_spans} >= {"redis GET", "redis SET"}
+    first = redis_spans[0]
+    assert first.kind == 3
+    assert first.attributes["db.system.name"] == "redis"
+    assert first.attributes["server.address"] == "127.0.0.1"
+    durations = {p.attributes["operation"] for p in otlp.points() if p.attributes.get("service") == "redis"}
+    assert {"GET", "SET"} <= durations
+    exported = otlp.all_bytes()
+    assert redis_server.url.encode() not in exported
+    _assert_nothing_secret(exported, [REDIS_PASSWORD, SECRET, PASSWORD, answer.json()["accessToken"]])
+
+
+def test_host_json_turns_on_the_hosts_opentelemetry_mode() -> None:
+    assert json.loads((REPO / "host.json").read_text())["telemetryMode"] == "OpenTelemetry"
