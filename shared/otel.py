@@ -11,7 +11,8 @@
 - ``worker``: the Functions worker configured the distro; only the instruments are added, to its global
   providers (its HTTP instrumentations are undone, for the same reason).
 
-Export is in the background: spans and logs go through the SDK's bounded batch queues (full: dropped,
+Log records of warnings and errors are exported, with the trace and span ids of the request they
+belong to. Export is in the background: spans and logs go through the SDK's bounded batch queues (full: dropped,
 never waited for), metrics through a periodic reader, each export with a short timeout; the providers
 flush at process exit (the SDK's atexit shutdown). A backend that is down or slow costs a request nothing.
 """
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 SCOPE = "powerbi-embed"
 # An export that has not finished by then is given up: the batch is dropped, the next one tried.
 EXPORT_TIMEOUT_SECONDS = 5.0
+# Warnings and errors are exported as log records (with their trace and span ids); each request's info
+# line is not: its span carries the same facts, and the host's own log keeps the line.
+EXPORTED_LOG_LEVEL = logging.WARNING
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 REMAINING_BUCKETS = (60, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200)
 # What the distro instruments that this function covers with its own spans, or does not use.
@@ -51,6 +55,9 @@ HTTP_INSTRUMENTORS = (
 
 
 def build(settings: TelemetrySettings, watched: dict[str, Callable[[], int]]) -> OtelPipeline:
+    # Exemplars (a sampled span's id on a measurement) cost a context lookup and a reservoir offer on
+    # every measurement, cache hits included: off unless the operator asks for them.
+    os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_off")
     if settings.mode == "otlp":
         _configure_otlp(settings)
     elif settings.mode == "azure_monitor":
@@ -94,7 +101,7 @@ def _configure_otlp(settings: TelemetrySettings) -> None:
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(timeout=timeout)))
     set_logger_provider(logger_provider)
     # Records are redacted when they are made (shared.redact's record factory), before this handler.
-    logging.getLogger().addHandler(LoggingHandler(level=logging.INFO, logger_provider=logger_provider))
+    logging.getLogger().addHandler(LoggingHandler(level=EXPORTED_LOG_LEVEL, logger_provider=logger_provider))
 
 
 def _configure_azure_monitor(settings: TelemetrySettings) -> None:
@@ -104,6 +111,8 @@ def _configure_azure_monitor(settings: TelemetrySettings) -> None:
         connection_string=settings.connection_string,
         resource=_resource(settings),
         enable_live_metrics=False,
+        # The distro's process counters add a processor to every span; the host reports the process.
+        enable_performance_counters=False,
         instrumentation_options={name: {"enabled": False} for name in DISTRO_OFF},
     )
 
@@ -198,25 +207,35 @@ class OtelPipeline:
         return [Observation(size(), {"cache": name}) for name, size in list(self._watched.items())]
 
     def serve(self, route: str, trace_parent: str | None, answer: Callable[[], R], record: RequestRecord) -> R:
+        # start_span and one set_attributes, not start_as_current_span and one call per attribute:
+        # this runs on every request, cache hits included, and the SDK's span is most of its cost.
         parent = self._propagator.extract({"traceparent": trace_parent}) if trace_parent else None
-        attributes = {"http.request.method": "GET", "http.route": route}
-        with self.tracer.start_as_current_span(
-            f"GET {route}", context=parent, kind=SpanKind.SERVER, attributes=attributes, record_exception=False
-        ) as span:
+        span = self.tracer.start_span(
+            f"GET {route}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "GET", "http.route": route},
+            record_exception=False,
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
             response = answer()
-            status = response.status_code
-            span.set_attribute("http.response.status_code", status)
-            found = record.attributes
-            for key, value in found.items():
-                span.set_attribute(f"powerbi.{key}", value)
-            if "error_code" in found:
-                span.set_attribute("error.type", str(found["error_code"]))
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-            counted: dict[str, AttributeValue] = {"status_code": status}
-            counted |= {key: found[key] for key in ("kind", "error_code", "cache") if key in found}
-            self.requests.add(1, counted)
-            return response
+        finally:
+            context.detach(token)
+        status = response.status_code
+        found = record.attributes
+        attributes: dict[str, AttributeValue] = {f"powerbi.{key}": value for key, value in found.items()}
+        attributes["http.response.status_code"] = status
+        if "error_code" in found:
+            attributes["error.type"] = str(found["error_code"])
+        span.set_attributes(attributes)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        counted: dict[str, AttributeValue] = {"status_code": status}
+        counted |= {key: found[key] for key in ("kind", "error_code", "cache") if key in found}
+        self.requests.add(1, counted)
+        return response
 
     def upstream(self, service: str, operation: str, name: str, attributes: dict[str, AttributeValue]) -> OtelCall:
         attributes = {"powerbi.service": service, "powerbi.operation": operation, **attributes}

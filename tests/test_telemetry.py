@@ -248,9 +248,12 @@ def test_otlp_spans_parents_attributes_metrics_and_logs(
     gauge = {p.attributes["cache"]: p.value for p in points if p.metric == "powerbi.cache.entries"}
     assert gauge["tokens"] == 1
 
+    # Warnings and errors are exported with their request's trace and span ids; the info line is not.
     logs = otlp.log_records()
-    embed_lines = [(body, trace_id, span_id) for body, trace_id, span_id in logs if body.startswith("embed report")]
-    assert {(t, s) for _, t, s in embed_lines} >= {(miss.trace_id, miss.span_id), (hit.trace_id, hit.span_id)}
+    answered = {body.split()[1]: (trace_id, span_id) for body, trace_id, span_id in logs if body.startswith("answered")}
+    assert answered["404"] == (error.trace_id, error.span_id)
+    assert answered["429"] == (throttled.trace_id, throttled.span_id)
+    assert not [body for body, _, _ in logs if body.startswith("embed report")]
 
     _assert_nothing_secret(otlp.all_bytes(), _secrets(fake, answers))
 
@@ -336,8 +339,9 @@ def test_application_insights_through_the_distro(
     assert host.stop() == 0, host.output
     requests_ = _assert_application_insights(ingestion, env)
     traces = ingestion.of_type("MessageData")
-    embed_lines = [t for t in traces if t["message"].startswith("embed report")]
-    assert {t["tags"]["ai.operation.id"] for t in embed_lines} >= {requests_["miss"]["tags"]["ai.operation.id"]}
+    answered = [t for t in traces if t["message"].startswith("answered 404")]
+    assert [t["tags"]["ai.operation.id"] for t in answered] == [requests_["not_found"]["tags"]["ai.operation.id"]]
+    assert answered[0]["tags"]["ai.operation.parentId"] == requests_["not_found"]["id"]
     _assert_nothing_secret(ingestion.all_bytes(), _secrets(fake, answers))
 
 
