@@ -21,7 +21,7 @@ test: setup
 
 ## docs: serve the documentation site (docs/, mkdocs.yml) at http://127.0.0.1:8000, rebuilt on each edit
 docs: $(VENV)/.installed
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 ## setup: the virtual environment with requirements-dev.txt, and web/'s npm package
 setup: $(VENV)/.installed web/node_modules/.installed

@@ -6,8 +6,8 @@
 - Every error code of ``shared/errors.py`` (each ``code = "..."`` assignment, including the ones chosen at
   run time, such as ``unavailable``) has a row in the error table (``docs/operating.md``: a row whose first
   cell is the status and second the backquoted code), with the production message the code answers with.
-- The README stays a front door (at most 200 lines), and every page of the site's nav exists
-  (``mkdocs build --strict`` in ``.ci/run`` checks the links).
+- The README stays a front door (at most 200 lines) whose links lead to files that exist, and every page of
+  the site's nav exists (``mkdocs build --strict`` in ``.ci/run`` checks the site's own links).
 """
 
 from __future__ import annotations
@@ -52,6 +52,23 @@ def error_codes_in_code() -> set[str]:
     return codes
 
 
+def fixed_statuses() -> dict[str, int]:
+    """code -> status for each class of shared/errors.py whose body sets both (not those chosen at run time)."""
+    tree = ast.parse((ROOT / "shared" / "errors.py").read_text(encoding="utf-8"))
+    statuses: dict[str, int] = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        values = {
+            t.id: a.value.value
+            for a in cls.body
+            if isinstance(a, ast.Assign) and isinstance(a.value, ast.Constant)
+            for t in a.targets
+            if isinstance(t, ast.Name)
+        }
+        if isinstance(values.get("code"), str) and isinstance(values.get("status"), int):
+            statuses[values["code"]] = values["status"]
+    return statuses
+
+
 def error_rows() -> list[tuple[str, str, str]]:
     return ERROR_ROW.findall(ERRORS_PAGE.read_text(encoding="utf-8"))
 
@@ -85,14 +102,26 @@ def test_every_error_code_has_a_row_in_the_error_table() -> None:
     assert not stale, f"docs/operating.md's error table lists codes shared/errors.py does not define: {stale}"
 
 
-def test_the_error_table_quotes_the_production_messages() -> None:
+def test_the_error_table_quotes_the_production_messages_and_statuses() -> None:
+    statuses = fixed_statuses()
+    assert statuses["not_found"] == 404 and "throttled" not in statuses  # the scan itself
     for status, code, message in error_rows():
         assert message == PUBLIC_MESSAGES[code], f"{status} {code}: the table says {message!r}"
+        assert int(status) == statuses.get(code, int(status)), f"{code} answers {statuses[code]}, not {status}"
 
 
 def test_the_readme_is_a_front_door() -> None:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 200, f"README.md has {len(lines)} lines: move detail into docs/"
+
+
+def test_the_readme_links_to_files_that_exist() -> None:
+    # mkdocs checks the site's links; the README is outside it.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [t for t in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme) if "://" not in t]
+    assert "docs/settings.md" in targets
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing, missing
 
 
 def test_every_page_in_the_nav_exists() -> None:
