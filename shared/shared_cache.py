@@ -22,7 +22,7 @@ a short fleet-wide lock (``SET NX PX``; released only by its owner, through a
 compare-and-delete script; expiring by itself if the owner dies), and the others wait
 within their deadline for the entry, then read it.
 
-Entra ID tokens are never put here: each process keeps them in MSAL's cache (see README).
+Entra ID tokens are never put here: each process keeps them in MSAL's cache (see docs/architecture.md).
 """
 
 from __future__ import annotations
