@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -33,13 +32,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared import telemetry
-from shared.telemetry import AttributeValue, R, RequestRecord, TelemetrySettings
+from shared.settings import TelemetrySettings
+from shared.telemetry import AttributeValue, R, RequestRecord
 
 logger = logging.getLogger(__name__)
 
 SCOPE = "powerbi-embed"
-# An export that has not finished by then is given up: the batch is dropped, the next one tried.
-EXPORT_TIMEOUT_SECONDS = 5.0
 # Warnings and errors are exported as log records (with their trace and span ids); each request's info
 # line is not: its span carries the same facts, and the host's own log keeps the line.
 EXPORTED_LOG_LEVEL = logging.WARNING
@@ -55,9 +53,6 @@ HTTP_INSTRUMENTORS = (
 
 
 def build(settings: TelemetrySettings, watched: dict[str, Callable[[], int]]) -> OtelPipeline:
-    # Exemplars (a sampled span's id on a measurement) cost a context lookup and a reservoir offer on
-    # every measurement, cache hits included: off unless the operator asks for them.
-    os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_off")
     if settings.mode == "otlp":
         _configure_otlp(settings)
     elif settings.mode == "azure_monitor":
@@ -73,11 +68,6 @@ def _resource(settings: TelemetrySettings) -> Any:
     return Resource.create({SERVICE_NAME: settings.service_name})
 
 
-def _timeout() -> float | None:
-    """The exporters' timeout: the standard variable when set, else a short one."""
-    return None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else EXPORT_TIMEOUT_SECONDS
-
-
 def _configure_otlp(settings: TelemetrySettings) -> None:
     from opentelemetry._logs import set_logger_provider
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -91,7 +81,7 @@ def _configure_otlp(settings: TelemetrySettings) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = _resource(settings)
-    timeout = _timeout()
+    timeout = settings.export_timeout_seconds
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=timeout)))
     trace.set_tracer_provider(tracer_provider)

@@ -31,58 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import Protocol, TypeVar
 
 from shared.errors import ConfigurationError
 from shared.redact import register_secret
+from shared.settings import TelemetrySettings, telemetry_settings
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "powerbi-embed"
-Mode = Literal["off", "otlp", "azure_monitor", "worker"]
 AttributeValue = str | bool | int | float | Sequence[str]
-
-CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
-WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
-OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
-SETTING_NAMES = (CONNECTION_STRING, WORKER_TELEMETRY, OTLP_ENDPOINT, "OTEL_SERVICE_NAME")
-
-
-@dataclass(frozen=True)
-class TelemetrySettings:
-    """Where telemetry goes (``mode``), read once from the app settings."""
-
-    mode: Mode = "off"
-    connection_string: str = field(default="", repr=False)
-    otlp_endpoint: str = field(default="", repr=False)
-    service_name: str = SERVICE_NAME
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TelemetrySettings:
-        problems: list[str] = []
-        connection = env.get(CONNECTION_STRING, "").strip()
-        endpoint = env.get(OTLP_ENDPOINT, "").strip()
-        worker = env.get(WORKER_TELEMETRY, "").strip().lower()
-        if connection and "instrumentationkey=" not in connection.lower():
-            problems.append(f"{CONNECTION_STRING} must be an Application Insights connection string")
-        if worker not in ("", "true", "false"):
-            problems.append(f"{WORKER_TELEMETRY} must be true or false")
-        if endpoint:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                problems.append(f"{OTLP_ENDPOINT} must be an http or https URL")
-        if problems:
-            raise ConfigurationError("; ".join(problems), problems=tuple(problems))
-        # The connection string's key and the endpoint's user part never reach a log line.
-        register_secret(connection, lasting=True)
-        mode: Mode = "off"
-        if connection:
-            mode = "worker" if worker == "true" else "azure_monitor"
-        elif endpoint:
-            mode = "otlp"
-        service = env.get("OTEL_SERVICE_NAME", "").strip() or SERVICE_NAME
-        return cls(mode, connection, endpoint, service)
 
 
 class Pipeline(Protocol):
@@ -147,7 +104,7 @@ def start(env: Mapping[str, str]) -> None:
     """Configure from the app settings; a telemetry setting that is wrong is logged by name, and the
     function runs without telemetry rather than not at all."""
     try:
-        settings = TelemetrySettings.from_env(env)
+        settings = telemetry_settings(env)
     except ConfigurationError as error:
         logger.error("telemetry is off: %s", error.cause)
         return
@@ -159,6 +116,7 @@ def configure(settings: TelemetrySettings) -> None:
     global _pipeline
     if settings.mode == "off" or _pipeline is not None:
         return
+    register_secret(settings.connection_string, lasting=True)  # its key never reaches a log line
     from shared import otel
 
     _pipeline = otel.build(settings, watched)

@@ -367,22 +367,22 @@ def test_the_worker_configured_distro_gets_the_instruments_and_no_second_pipelin
 
 def test_telemetry_settings_are_checked_by_name() -> None:
     from shared.errors import ConfigurationError
-    from shared.telemetry import TelemetrySettings
+    from shared.settings import telemetry_settings
 
-    assert TelemetrySettings.from_env({}).mode == "off"
-    assert TelemetrySettings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}).mode == "otlp"
+    assert telemetry_settings({}).mode == "off"
+    assert telemetry_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}).mode == "otlp"
     cs = f"InstrumentationKey={IKEY};IngestionEndpoint=https://x.in.applicationinsights.azure.com/"
-    assert TelemetrySettings.from_env({"APPLICATIONINSIGHTS_CONNECTION_STRING": cs}).mode == "azure_monitor"
+    assert telemetry_settings({"APPLICATIONINSIGHTS_CONNECTION_STRING": cs}).mode == "azure_monitor"
     worker = {"APPLICATIONINSIGHTS_CONNECTION_STRING": cs, "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true"}
-    assert TelemetrySettings.from_env(worker).mode == "worker"
-    assert TelemetrySettings.from_env({}).service_name == "powerbi-embed"
+    assert telemetry_settings(worker).mode == "worker"
+    assert telemetry_settings({}).service_name == "powerbi-embed"
     bad = {
         "APPLICATIONINSIGHTS_CONNECTION_STRING": "not-a-connection-string-" + str(uuid.uuid4()),
         "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
         "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "yes",
     }
     with pytest.raises(ConfigurationError) as raised:
-        TelemetrySettings.from_env(bad)
+        telemetry_settings(bad)
     problems = " ".join(raised.value.problems)
     for name in bad:
         assert name in problems
