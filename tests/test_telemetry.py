@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -331,7 +332,34 @@ def _assert_application_insights(ingestion: IngestionStandIn, env: dict[str, str
     return requests_
 
 
-def test_application_insights_through_the_distro(
+def _workbook_queries() -> list[tuple[str, str]]:
+    book = json.loads((REPO / "deploy" / "workbook.json").read_text())
+    return [(i["content"]["title"], i["content"]["query"]) for i in book["items"] if i["type"] == 3]
+
+
+def _assert_workbook_asks_only_for_what_was_sent(ingestion: IngestionStandIn) -> None:
+    """Each workbook query names only metrics and dimensions Application Insights received from the function."""
+    sent: dict[str, set[str]] = {"customMetrics": set(), "requests": set(), "dependencies": set()}
+    metric_names = set()
+    for metric in ingestion.of_type("MetricData"):
+        metric_names |= {m["name"] for m in metric["metrics"]}
+        sent["customMetrics"] |= set(metric.get("properties", {}))
+    sent["requests"] = {k for r in ingestion.of_type("RequestData") for k in r.get("properties", {})}
+    sent["dependencies"] = {k for d in ingestion.of_type("RemoteDependencyData") for k in d.get("properties", {})}
+    queries = _workbook_queries()
+    titles = " / ".join(title for title, _ in queries).lower()
+    for tile in ("requests and errors", "cache hit ratio", "tokens minted", "p95", "throttled", "life left"):
+        assert tile in titles
+    for title, query in queries:
+        table = query.split()[0]
+        assert table in sent, title
+        for name in re.findall(r'\bname == "([^"]+)"', query):
+            assert table == "customMetrics" and name in metric_names, (title, name)
+        for key in re.findall(r'customDimensions\["([^"]+)"\]', query):
+            assert key in sent[table], (title, key)
+
+
+def test_application_insights_through_the_distro_and_the_workbook_asks_for_what_it_sends(
     fake: FakeUpstream, env: dict[str, str], start: Any, ingestion: IngestionStandIn
 ) -> None:
     host = start(_host_env(env, {"APPLICATIONINSIGHTS_CONNECTION_STRING": _connection_string(ingestion)}))
@@ -342,6 +370,7 @@ def test_application_insights_through_the_distro(
     answered = [t for t in traces if t["message"].startswith("answered 404")]
     assert [t["tags"]["ai.operation.id"] for t in answered] == [requests_["not_found"]["tags"]["ai.operation.id"]]
     assert answered[0]["tags"]["ai.operation.parentId"] == requests_["not_found"]["id"]
+    _assert_workbook_asks_only_for_what_was_sent(ingestion)
     _assert_nothing_secret(ingestion.all_bytes(), _secrets(fake, answers))
 
 
