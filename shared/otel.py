@@ -75,7 +75,7 @@ def _configure_otlp(settings: TelemetrySettings) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -86,7 +86,8 @@ def _configure_otlp(settings: TelemetrySettings) -> None:
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=timeout)))
     trace.set_tracer_provider(tracer_provider)
     reader = PeriodicExportingMetricReader(OTLPMetricExporter(timeout=timeout))
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    exemplars = None if settings.exemplars else AlwaysOffExemplarFilter()
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader], exemplar_filter=exemplars))
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(timeout=timeout)))
     set_logger_provider(logger_provider)
@@ -214,13 +215,14 @@ class OtelPipeline:
             context.detach(token)
         status = response.status_code
         found = record.attributes
-        attributes: dict[str, AttributeValue] = {f"powerbi.{key}": value for key, value in found.items()}
-        attributes["http.response.status_code"] = status
-        if "error_code" in found:
-            attributes["error.type"] = str(found["error_code"])
-        span.set_attributes(attributes)
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
+        if span.is_recording():  # not when the sampler dropped it
+            attributes: dict[str, AttributeValue] = {f"powerbi.{key}": value for key, value in found.items()}
+            attributes["http.response.status_code"] = status
+            if "error_code" in found:
+                attributes["error.type"] = str(found["error_code"])
+            span.set_attributes(attributes)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
         span.end()
         counted: dict[str, AttributeValue] = {"status_code": status}
         counted |= {key: found[key] for key in ("kind", "error_code", "cache") if key in found}

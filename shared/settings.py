@@ -267,6 +267,9 @@ class TelemetrySettings:
     # The OTLP exporters' timeout: None when OTEL_EXPORTER_OTLP_TIMEOUT is set (the SDK reads it), else a
     # short one: an export not finished by then is given up (the batch dropped, the next one tried).
     export_timeout_seconds: float | None = 5.0
+    # Exemplars (a span id on a measurement) cost every measurement a context lookup: on only when
+    # OTEL_METRICS_EXEMPLAR_FILTER asks for them (the SDK reads it).
+    exemplars: bool = False
 
 
 @dataclass(frozen=True)
@@ -712,4 +715,5 @@ def read_telemetry(r: Reader) -> TelemetrySettings:
         mode = "otlp"
     service = r.text("OTEL_SERVICE_NAME") or TELEMETRY_SERVICE_NAME
     timeout = None if r.is_set("OTEL_EXPORTER_OTLP_TIMEOUT") else 5.0
-    return TelemetrySettings(mode, connection.strip(), endpoint, service, timeout)
+    exemplars = r.is_set("OTEL_METRICS_EXEMPLAR_FILTER")
+    return TelemetrySettings(mode, connection.strip(), endpoint, service, timeout, exemplars)

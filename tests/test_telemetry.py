@@ -455,3 +455,11 @@ def test_redis_calls_have_spans_and_durations_without_the_url_or_password(
 
 def test_host_json_turns_on_the_hosts_opentelemetry_mode() -> None:
     assert json.loads((REPO / "host.json").read_text())["telemetryMode"] == "OpenTelemetry"
+
+
+def test_make_demo_says_where_its_telemetry_goes() -> None:
+    from scripts.demo import telemetry_note
+
+    assert "off" in telemetry_note({})
+    note = telemetry_note({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert "http://127.0.0.1:4318" in note and "powerbi-embed" in note
