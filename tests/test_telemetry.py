@@ -463,3 +463,9 @@ def test_make_demo_says_where_its_telemetry_goes() -> None:
     assert "off" in telemetry_note({})
     note = telemetry_note({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
     assert "http://127.0.0.1:4318" in note and "powerbi-embed" in note
+
+
+def test_the_docs_list_each_workbook_tile_with_its_query() -> None:
+    page = (REPO / "docs" / "telemetry.md").read_text()
+    for title, query in _workbook_queries():
+        assert f"### {title}\n\n```kusto\n{query}\n```" in page, title
