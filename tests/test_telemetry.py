@@ -259,6 +259,19 @@ def test_otlp_spans_parents_attributes_metrics_and_logs(
     _assert_nothing_secret(otlp.all_bytes(), _secrets(fake, answers))
 
 
+def test_the_request_span_continues_the_callers_trace_through_the_hosts_context(
+    fake: FakeUpstream, env: dict[str, str], start: Any, otlp: OtlpReceiver
+) -> None:
+    host = start(_host_env(env, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}))
+    trace_id, caller = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    url = f"{host.url}/embed/reports/{REPORT_ID}"
+    assert requests.get(url, headers={"traceparent": f"00-{trace_id}-{caller}-01"}, timeout=10).status_code == 200
+    assert host.stop() == 0, host.output
+    (request,) = _requests(otlp.spans()).values()
+    assert request.trace_id == trace_id
+    assert request.parent_span_id not in ("", caller)  # the host's span for the invocation, in between
+
+
 def test_otel_service_name_is_honoured(fake: FakeUpstream, env: dict[str, str], start: Any, otlp: OtlpReceiver) -> None:
     telemetry = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_SERVICE_NAME": "embed-west"}
     host = start(_host_env(env, telemetry))
@@ -469,3 +482,43 @@ def test_the_docs_list_each_workbook_tile_with_its_query() -> None:
     page = (REPO / "docs" / "telemetry.md").read_text()
     for title, query in _workbook_queries():
         assert f"### {title}\n\n```kusto\n{query}\n```" in page, title
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "operation", "name"),
+    [
+        (
+            "GET",
+            "https://login.microsoftonline.com/common/userrealm/embed.user%40contoso.com?api-version=1.0",
+            "userrealm",
+            "GET /common/userrealm/{user}",
+        ),
+        (
+            "POST",
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token",
+            "token",
+            "POST /{id}/oauth2/v2.0/token",
+        ),
+        (
+            "GET",
+            "https://api.powerbi.com/v1.0/myorg/groups/f089354e-8366-4e18-aea3-4cb4a3a50b48/reports?$top=5000",
+            "reports",
+            "GET /v1.0/myorg/groups/{id}/reports",
+        ),
+        (
+            "GET",
+            "http://169.254.169.254/metadata/identity/oauth2/token?resource=x&client_id=y",
+            "token",
+            "GET /metadata/identity/oauth2/token",
+        ),
+    ],
+)
+def test_upstream_spans_are_named_by_template_without_ids_users_or_queries(
+    method: str, url: str, operation: str, name: str
+) -> None:
+    from shared.http import describe
+
+    found_operation, found_name, attributes = describe(method, url)
+    assert (found_operation, found_name) == (operation, name)
+    assert attributes["url.template"] == name.split(" ", 1)[1]
+    assert "?" not in str(attributes) and "contoso.com?" not in str(attributes) and "embed.user" not in str(attributes)
