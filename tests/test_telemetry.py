@@ -6,6 +6,7 @@ logs, and every byte searched for every secret and token the test knows."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -27,10 +28,10 @@ from emulator import PAGINATED_REPORT_ID, REPORT_ID, USERNAME, FakeUpstream
 from tests.conftest import PASSWORD, REDIS_PASSWORD, SECRET
 from tests.redis_server import RedisServer
 from tests.telemetry_receivers import IngestionStandIn, OtlpReceiver, Span
-from tests.test_shared_cache import KEY
 
 REPO = Path(__file__).resolve().parent.parent
 IKEY = "11111111-2222-3333-4444-555555555555"
+KEY = base64.b64encode(bytes(range(32))).decode()  # POWERBI_CACHE_ENCRYPTION_KEY
 UNKNOWN_REPORT = "0badc0de-0000-4000-8000-000000000000"
 # The Functions worker configuring the distro before it loads the app (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY).
 WORKER = (
