@@ -533,26 +533,49 @@ def test_scripts_are_shellcheck_clean() -> None:
     assert result.stdout == ""
 
 
-def _versions(path: Path, operator: str) -> dict[str, tuple[int, ...]]:
-    """``name -> version`` of each requirement line's ``operator`` clause (comments and -r skipped)."""
-    found: dict[str, tuple[int, ...]] = {}
+def _versions(path: Path, operator: str) -> dict[tuple[str, str], tuple[int, ...]]:
+    """``(name, marker) -> version`` of each requirement line's ``operator`` clause (comments and -r skipped)."""
+    found: dict[tuple[str, str], tuple[int, ...]] = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
+        line, _, marker = line.partition(";")
         match = re.match(rf"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*[^#]*?{re.escape(operator)}\s*([0-9][0-9.]*)", line)
         assert match, f"{path.name}: {line!r} has no {operator} version"
         numbers = tuple(int(n) for n in match.group(2).split("."))
-        found[match.group(1).lower().replace("_", "-")] = numbers + (0,) * (3 - len(numbers))
+        key = (match.group(1).lower().replace("_", "-"), " ".join(marker.split()))
+        found[key] = numbers + (0,) * (3 - len(numbers))
     return found
 
 
 def test_every_runtime_dependency_is_pinned_to_its_lower_bound_for_the_lowest_run() -> None:
     # .ci/run installs constraints-lowest.txt and runs the suite: a lower bound is a tested version.
+    # A package with a line per Python version (environment markers) has a pin per line, same marker.
     lower = _versions(REPO / "requirements.txt", ">=")
     pinned = _versions(REPO / "constraints-lowest.txt", "==")
 
     assert lower and pinned == lower
+
+
+@pytest.mark.parametrize(("python", "major"), [("3.11", 1), ("3.12", 1), ("3.13", 2), ("3.14", 2)])
+def test_azure_functions_1_below_python_3_13_and_2_from_it(python: str, major: int) -> None:
+    from packaging.requirements import Requirement
+
+    environment = {"python_version": python, "python_full_version": f"{python}.0"}
+    for path in (REPO / "requirements.txt", REPO / "constraints-lowest.txt"):
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        requirements = [Requirement(line) for line in lines if line and not line.startswith("-")]
+        applying = [
+            r for r in requirements
+            if r.name == "azure-functions" and (r.marker is None or r.marker.evaluate(environment))
+        ]  # fmt: skip
+        assert len(applying) == 1, path.name
+        (specifier,) = applying
+        assert specifier.specifier.contains(f"{major}.99") or any(
+            str(s).startswith(f"=={major}.") for s in specifier.specifier
+        ), (path.name, str(specifier))
+        assert not specifier.specifier.contains(f"{3 - major}.5"), (path.name, str(specifier))
 
 
 def test_only_the_functions_own_settings_that_can_work_in_azure_are_set(tmp_path: Path) -> None:
