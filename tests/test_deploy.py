@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_az.fake_az import DEPLOYER_SP_ID, DEPLOYER_USER_ID, parse
+from tests.fake_az.fake_az import DEPLOYER_SP_ID, DEPLOYER_USER_ID, PLATFORM_SETTINGS, parse
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "deploy.sh"
@@ -167,7 +167,7 @@ def test_first_run_creates_each_resource_after_looking_for_it_in_order(deployed:
     (app,) = the(recorded, "functionapp", "create")
     assert options(app)["--flexconsumption-location"] == ["westeurope"]
     assert options(app)["--runtime"] == ["python"]
-    assert options(app)["--runtime-version"] == ["3.11"]
+    assert options(app)["--runtime-version"] == ["3.13"]  # the default: Flex Consumption's azure-functions 2.x
     assert options(app)["--storage-account"] == ["contosoembedst"]
     (vault,) = the(recorded, "keyvault", "create")
     assert options(vault)["--name"] == [VAULT]
@@ -215,7 +215,7 @@ def test_secrets_go_to_the_vault_and_the_app_gets_key_vault_references(deployed:
     assert sent["POWERBI_AUTH_MODE"] == "MasterUser"
     assert sent["POWERBI_PROFILE_ID"] == "0d9b6f3e-4c21-4e7a-8b5f-2a1c9e8d7f60"
     assert "POWERBI_CLIENT_CERTIFICATE" not in sent  # not given, so not referenced
-    assert state(deployed.env)["appsettings"]["contoso-embed"] == sent
+    assert state(deployed.env)["appsettings"]["contoso-embed"] == {**PLATFORM_SETTINGS, **sent}
 
     secrets = state(deployed.env)["secrets"]
     for name, value in ((f"{VAULT}/powerbi-password", PASSWORD), (f"{VAULT}/powerbi-client-secret", CLIENT_SECRET)):
@@ -420,7 +420,7 @@ def test_dry_run_prints_the_az_commands_and_runs_none(tmp_path: Path, with_secre
     assert "+ az group create --name rg-embed --location westeurope" in out
     create = "+ az functionapp create --name contoso-embed --resource-group rg-embed --storage-account contosoembedst"
     assert create in out
-    assert "--flexconsumption-location westeurope --runtime python --runtime-version 3.11" in out
+    assert "--flexconsumption-location westeurope --runtime python --runtime-version 3.13" in out
     assert "+ az keyvault secret set --vault-name contoso-embed-kv --name powerbi-password --file " in out
     assert "+ az functionapp deployment source config-zip" in out
     assert "    function_app.py" in out  # the package listing
