@@ -156,14 +156,18 @@ class EmbedService:
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
-        self._min_seconds = settings.min_token_minutes * 60
+        self._min_seconds = settings.policy.min_token_minutes * 60
         self.catalog = Catalog(
-            powerbi, settings.catalog_ttl_seconds, settings.catalog_refresh_seconds, clock=clock, store=store
+            powerbi,
+            settings.caches.catalog_ttl_seconds,
+            settings.caches.catalog_refresh_seconds,
+            clock=clock,
+            store=store,
         )
         # A token is kept while it can still be handed out with the minimum life left.
         self.embeds: TieredCache[TokenKey, Embed] = TieredCache(
             "embed",
-            settings.cache_max_tokens,
+            settings.caches.max_tokens,
             lambda embed: embed.token.expires_at - self._min_seconds,
             clock=clock,
             store=store,
@@ -189,7 +193,9 @@ class EmbedService:
         return cls(
             settings,
             EntraTokenProvider(settings, http, clock),
-            PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes, settings.profile_id),
+            PowerBIClient(
+                settings.powerbi.api_url, http, settings.policy.token_lifetime_minutes, settings.sign_in.profile_id
+            ),
             clock,
             store,
         )
@@ -204,7 +210,7 @@ class EmbedService:
     ) -> Embed:
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
-        with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
+        with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
             bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
             plan = self._plan(request, bearer)
             embed, outcome = self.embeds.get_or_load(
@@ -256,19 +262,19 @@ class EmbedService:
             raise InvalidRequest("accessLevel must be View or Edit.")
         if level == "Edit" and kind not in ("report", "reports"):
             raise InvalidRequest("Only reports can be edited: accessLevel=Edit needs a report.")
-        workspace = s.workspace_id if workspace_id is None else parse_guid(workspace_id)
+        workspace = s.policy.workspace_id if workspace_id is None else parse_guid(workspace_id)
         if workspace is None:
             raise InvalidRequest("workspaceId is required." if workspace_id is None else "workspaceId must be a GUID.")
-        if workspace not in s.allowed_workspaces:
+        if workspace not in s.policy.allowed_workspaces:
             raise NotAllowed(f"Workspace {workspace} is not allowed.")
         # Reports answer to the report allow-list; a dashboard and its tiles to the dashboard's; a
         # dataset to be reported on (create) only to its workspace's.
-        allowed = s.allowed_reports if kind in ("report", "reports") else s.allowed_dashboards
+        allowed = s.policy.allowed_reports if kind in ("report", "reports") else s.policy.allowed_dashboards
         governed = [] if kind == "create" else ids if kind in ("report", "reports") else ids[:1]
         for item in governed:
             if allowed is not None and item not in allowed:
                 raise NotAllowed(f"The {names[0]} {item} is not allowed.")
-        if (level == "Edit" or kind == "create") and not s.allow_edit:
+        if (level == "Edit" or kind == "create") and not s.policy.allow_edit:
             raise NotAllowed("Editing and creating reports is not allowed (POWERBI_ALLOW_EDIT is not true).")
         return EmbedRequest(kind, workspace, tuple(ids), level, identity)
 
@@ -318,7 +324,7 @@ class EmbedService:
                 "identity is sent."
             )
         if any(d.roles_required for d in needing) and not identity.roles:
-            if self.settings.rls_roles_source == "principal":
+            if self.settings.rls.roles_source == "principal":
                 # The user's own roles were all outside POWERBI_RLS_ALLOWED_ROLES: their account, not the
                 # configuration, is what lacks a role for this data.
                 raise NotAllowed(
