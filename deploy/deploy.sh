@@ -36,6 +36,7 @@ FEDERATED_HOST=login.microsoftonline.com
 FEDERATED_AUDIENCE=api://AzureADTokenExchange
 # What --federated sets instead of a client secret (create_federated_identity).
 FEDERATED_SETTINGS=()
+FEDERATED_PRINCIPAL=''
 # Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
 # more threads than the default min(32, CPUs + 4) (6 on 2 cores); 32 is the most the Python
 # worker allows. Measured: benchmarks/bench_fleet.py, docs/architecture.md "The thread pool".
@@ -584,6 +585,9 @@ run_doctor() {
 # password. The encryption key is made once and kept in Key Vault; a later run reuses it.
 create_redis() {
   local name=${REDIS_NAME:-${APP_NAME,,}-redis} host assigned assignment file
+  # The identity the function signs in to Redis with: POWERBI_MANAGED_IDENTITY_CLIENT_ID's when set
+  # (--federated sets it), else the system-assigned one.
+  local principal=${FEDERATED_PRINCIPAL:-$APP_IDENTITY}
   [[ $name =~ ^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$ && ${#name} -le 60 ]] ||
     die "REDIS_NAME '$name' must be 1-60 letters, digits and single hyphens"
   ensure "managed redis $name" redisenterprise show --name "$name" --resource-group "$RESOURCE_GROUP" -- \
@@ -593,13 +597,13 @@ create_redis() {
     --eviction-policy VolatileLRU --access-keys-auth Disabled
   assigned=$(az_get '' redisenterprise database access-policy-assignment list --cluster-name "$name" \
     --resource-group "$RESOURCE_GROUP" --database-name default --query '[].user.objectId' --output tsv)
-  if grep -qixF -- "$APP_IDENTITY" <<<"$assigned"; then
+  if grep -qixF -- "$principal" <<<"$assigned"; then
     say "function app's access to $name: yes"
   else
-    assignment="app${APP_IDENTITY//-/}" # the CLI takes letters and digits only here
+    assignment="app${principal//-/}" # the CLI takes letters and digits only here
     with_retries az_do redisenterprise database access-policy-assignment create --cluster-name "$name" \
       --resource-group "$RESOURCE_GROUP" --database-name default --access-policy-assignment-name "${assignment:0:60}" \
-      --access-policy-name default --object-id "$APP_IDENTITY" --output none ||
+      --access-policy-name default --object-id "$principal" --output none ||
       die "could not give the function app access to $name"
     say "function app's access to $name: granted (access policy 'default')"
   fi
@@ -683,6 +687,7 @@ create_federated_identity() {
     say "app registration $POWERBI_CLIENT_ID trusts identity $name: added (issuer $issuer, subject $subject, audience $FEDERATED_AUDIENCE)"
   fi
   FEDERATED_SETTINGS=(POWERBI_CLIENT_ASSERTION=managed_identity "POWERBI_MANAGED_IDENTITY_CLIENT_ID=$client_id")
+  FEDERATED_PRINCIPAL=$subject
 }
 
 main() {

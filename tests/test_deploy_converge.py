@@ -203,3 +203,13 @@ def test_federated_is_refused_in_managed_identity_mode(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "--federated is for ServicePrincipal and MasterUser modes" in result.stderr
     assert calls(env) == []
+
+
+def test_federated_with_redis_gives_the_trusted_identity_the_cache(tmp_path: Path) -> None:
+    env = service_principal_env(tmp_path)
+    del env["POWERBI_CLIENT_SECRET"]
+    result = run(env, "--federated", "--redis")
+    assert result.returncode == 0, result.stderr
+    azure = state(env)
+    (assignment,) = azure["redis"]["contoso-embed-redis"]["accessPolicyAssignments"]
+    assert assignment["user"]["objectId"] == azure["identities"]["contoso-embed-signin"]["principalId"]
