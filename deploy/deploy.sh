@@ -296,7 +296,8 @@ collect_secrets() {
   case $AUTH_MODE in
   MasterUser) needed=(POWERBI_PASSWORD) ;;
   ServicePrincipal)
-    $FEDERATED || [[ -n ${POWERBI_CLIENT_CERTIFICATE:-}${POWERBI_CLIENT_CERTIFICATE_PATH:-} ]] ||
+    # A certificate, or an assertion (--federated, or an identity you set up yourself), replaces the secret.
+    $FEDERATED || [[ -n ${POWERBI_CLIENT_CERTIFICATE:-}${POWERBI_CLIENT_CERTIFICATE_PATH:-}${POWERBI_CLIENT_ASSERTION:-} ]] ||
       needed=(POWERBI_CLIENT_SECRET)
     ;;
   esac

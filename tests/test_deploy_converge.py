@@ -213,3 +213,19 @@ def test_federated_with_redis_gives_the_trusted_identity_the_cache(tmp_path: Pat
     azure = state(env)
     (assignment,) = azure["redis"]["contoso-embed-redis"]["accessPolicyAssignments"]
     assert assignment["user"]["objectId"] == azure["identities"]["contoso-embed-signin"]["principalId"]
+
+
+def test_an_assertion_set_by_hand_needs_no_client_secret(tmp_path: Path) -> None:
+    identity = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+    env = service_principal_env(
+        tmp_path, POWERBI_CLIENT_ASSERTION="managed_identity", POWERBI_MANAGED_IDENTITY_CLIENT_ID=identity
+    )
+    del env["POWERBI_CLIENT_SECRET"]
+    result = run(env)  # unattended: a required secret would stop it
+    assert result.returncode == 0, result.stderr
+    settings = app_settings(env)
+    assert (settings["POWERBI_CLIENT_ASSERTION"], settings["POWERBI_MANAGED_IDENTITY_CLIENT_ID"]) == (
+        "managed_identity",
+        identity,
+    )
+    assert "POWERBI_CLIENT_SECRET" not in settings
