@@ -377,6 +377,12 @@ create_app() {
   ensure "function app $APP_NAME" functionapp show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" -- \
     functionapp create --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --storage-account "$STORAGE_ACCOUNT" \
     --flexconsumption-location "$LOCATION" --runtime python --runtime-version "$RUNTIME_VERSION" --https-only true
+  local running
+  running=$(az_get "$RUNTIME_VERSION" functionapp show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --query functionAppConfig.runtime.version --output tsv)
+  if [[ $running != "$RUNTIME_VERSION" ]]; then
+    say "function app $APP_NAME runs Python $running: kept (--python $RUNTIME_VERSION applies to a new app)"
+  fi
   APP_IDENTITY=$(az_get '' functionapp identity show --name "$APP_NAME" \
     --resource-group "$RESOURCE_GROUP" --query principalId --output tsv)
   if [[ -z $APP_IDENTITY ]]; then

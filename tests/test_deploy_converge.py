@@ -229,3 +229,12 @@ def test_an_assertion_set_by_hand_needs_no_client_secret(tmp_path: Path) -> None
         identity,
     )
     assert "POWERBI_CLIENT_SECRET" not in settings
+
+
+def test_an_existing_app_keeps_its_python_and_the_script_says_so(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    assert run(env).returncode == 0
+    again = run(env, "--python", "3.11")
+    assert again.returncode == 0, again.stderr
+    assert "function app contoso-embed runs Python 3.13: kept (--python 3.11 applies to a new app)" in again.stdout
+    assert len(the(calls(env), "functionapp", "create")) == 1

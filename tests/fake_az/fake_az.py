@@ -178,7 +178,9 @@ class Fake:
             "runtimeVersion": self.opt("--runtime-version"),
         }
         host = f"{self.opt('--name')}.azurewebsites.net"
-        app = self.resource("apps", "Microsoft.Web/sites", {"defaultHostName": host, "flex": flex, "identity": None})
+        config = {"runtime": {"name": flex["runtime"], "version": flex["runtimeVersion"]}}  # Flex Consumption's
+        extra = {"defaultHostName": host, "flex": flex, "functionAppConfig": config, "identity": None}
+        app = self.resource("apps", "Microsoft.Web/sites", extra)
         # The platform's own settings, which deploy.sh must never touch.
         self.table("appsettings")[app["name"]] = dict(PLATFORM_SETTINGS)
         return app
