@@ -410,7 +410,8 @@ class FakeUpstream:
         hang: float = 0.0,
     ) -> None:
         """Answer the next ``times`` requests matching ``method`` ("*" = any) and ``path_contains`` with
-        ``status``/``headers``/``body`` (a default error body if None), after ``hang`` seconds."""
+        ``status``/``headers``/``body`` (a default error body if None; a ``str`` is sent as an HTML page), after
+        ``hang`` seconds."""
         with self._lock:
             self._faults.append(_Fault(method.upper(), path_contains, status, dict(headers or {}), body, times, hang))
 
@@ -463,7 +464,10 @@ class FakeUpstream:
             response = self._dispatch(request, body, routes)
         else:
             fault_body = self._default_fault_body(fault.status, is_pbi) if fault.body is None else fault.body
-            response = json_response(fault.status, fault_body, fault.headers)
+            if isinstance(fault_body, str):  # a page, not an API answer: a proxy's or an outage page
+                response = Response(fault_body, status=fault.status, headers=fault.headers, mimetype="text/html")
+            else:
+                response = json_response(fault.status, fault_body, fault.headers)
         if is_pbi:  # Power BI stamps every answer, errors included, with a RequestId
             request_id = str(uuid.uuid4())
             response.headers["RequestId"] = request_id

@@ -87,8 +87,12 @@ class EntraAnswer:
 
     @property
     def unavailable(self) -> bool:
-        """Down, overloaded or throttling: worth trying again later, not a refusal."""
-        return self.status == 0 or self.status == 429 or self.status >= 500
+        """Down, overloaded or throttling, or not Entra ID answering at all (an HTML page from a proxy or an
+        outage page instead of JSON, at any status): worth trying again later, not a refusal. An unreadable
+        OpenID configuration is the exception: that points at a wrong authority host (see ``_failure``)."""
+        if self.status == 0 or self.status == 429 or self.status >= 500:
+            return True
+        return not self.readable and not _is_discovery(self.url)
 
 
 class MsalHttpClient:
@@ -111,7 +115,7 @@ class MsalHttpClient:
         except (UpstreamUnreachable, UpstreamTimeout):
             self.last = EntraAnswer(_host(url), 0, clock.monotonic())
             raise
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"), clock)
         self.last = EntraAnswer(_host(url), response.status_code, clock.monotonic(), retry_after, _is_json(response))
         return response
 
@@ -245,7 +249,7 @@ class EntraTokenProvider:
         if last.retry_after is not None:
             # Entra's own figure, less what has passed since it said it (MSAL waits as long before asking again).
             retry_after = max(1, math.ceil(last.retry_after - (self.clock.monotonic() - last.at)))
-        what = "unreachable" if last.status == 0 else f"HTTP {last.status}"
+        what = "unreachable" if last.status == 0 else f"HTTP {last.status}" + ("" if last.readable else " not JSON")
         return SignInUnavailable(
             "Entra ID is unavailable or throttling the sign-in; try again after the time in Retry-After.",
             retry_after=retry_after,
