@@ -22,11 +22,11 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import msal
 import requests
 
@@ -52,17 +52,29 @@ _AADSTS = re.compile(r"AADSTS(\d+)")
 DEFAULT_RETRY_AFTER_SECONDS = 5
 # What MSAL raises, or lets through from our HTTP client, when a sign-in cannot be completed:
 # MsalServiceError for a 5xx, ValueError for an unreadable answer or unusable settings,
-# RuntimeError and requests' errors from OpenID discovery, PyJWT's errors for a key it cannot
-# sign with, and our own HttpClient failures.
-_MSAL_FAILURES = (
+# RuntimeError and requests' errors from OpenID discovery, and our own HttpClient failures.
+# PyJWT's errors (a key it cannot sign with) are added by ``_failures``.
+_MSAL_FAILURES: tuple[type[Exception], ...] = (
     msal.exceptions.MsalServiceError,
     ValueError,
-    jwt.PyJWTError,
     RuntimeError,
     requests.RequestException,
     UpstreamUnreachable,
     UpstreamTimeout,
 )
+
+
+def _jwt_errors() -> tuple[type[Exception], ...]:
+    """PyJWT's base error, if PyJWT is loaded. MSAL imports it only to sign a client assertion (a
+    certificate), so importing it here would cost every start (PyJWT pulls in cryptography) only to
+    name an exception that cannot have been raised when it is not loaded."""
+    jwt = sys.modules.get("jwt")
+    error = getattr(jwt, "PyJWTError", None)
+    return (error,) if isinstance(error, type) and issubclass(error, Exception) else ()
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    return _MSAL_FAILURES + _jwt_errors()
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,7 @@ class EntraTokenProvider:
                         "deprecates for username and password; set a client secret to use a confidential client"
                     )
                     self._app = msal.PublicClientApplication(s.client_id, **common)
-            except _MSAL_FAILURES as exc:
+            except _failures() as exc:
                 raise self._failure(exc, f"OpenID configuration of {s.authority}") from exc
         return self._app
 
@@ -229,7 +241,7 @@ class EntraTokenProvider:
                 result = app.acquire_token_silent(scopes, account=accounts[0]) if accounts else None
                 if not result:
                     result = app.acquire_token_by_username_password(s.username, s.password, scopes=scopes)
-        except _MSAL_FAILURES as exc:
+        except _failures() as exc:
             raise self._failure(exc, "token") from exc
         if "access_token" not in result:
             raise self._refusal(app, result)
@@ -275,7 +287,7 @@ class EntraTokenProvider:
                     cause=f"OpenID configuration of {self.settings.authority} unavailable: HTTP {last.status} "
                     f"{name}" + (f" AADSTS{code}" if code else ""),
                 )
-        if isinstance(exc, ValueError | jwt.PyJWTError):
+        if isinstance(exc, (ValueError, *_jwt_errors())):
             # Anything else MSAL refuses before it signs in: a certificate or key it cannot use, say.
             first_line = (str(exc).splitlines() or [""])[0][:200]
             return ConfigurationError(
