@@ -8,7 +8,7 @@ The flow of one request, top to bottom (``EmbedService.embed``):
    (``shared.catalog``), and the effective identity for exactly the datasets that require one (Power BI
    refuses it for the others); a dataset that requires one while the function has none to give is a
    configuration error, not a Power BI error;
-3. the token (``TieredCache.get_or_load``): the canonical key (the set of items in any order and case,
+3. the token (``shared.cache.Cache.get_or_load``): the canonical key (the set of items in any order and case,
    the access level, and the identity only when a dataset requires it) is looked up among the bounded
    cached tokens; on a miss one GenerateToken is made, shared by concurrent requests for that key.
 
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import requests
 
-from shared.cache import SharedStore, TieredCache
+from shared.cache import Cache, Codec, Lifetime, SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.entra import EntraTokenProvider
@@ -36,7 +36,7 @@ from shared.http import HttpClient, call_context
 from shared.identity import Identity
 from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
 from shared.settings import Settings, parse_guid
-from shared.shared_cache import RedisStore
+from shared.shared_cache import SharedCache
 
 logger = logging.getLogger(__name__)
 
@@ -122,24 +122,26 @@ class Embed:
         }
 
 
-class EmbedCodec:
-    """Embed values as JSON-able dicts, for a shared cache level."""
+def _embed_to_json(value: Embed) -> dict[str, Any]:
+    return {
+        "kind": value.kind,
+        "items": [i.to_json() for i in value.items],
+        "token": value.token.to_json(),
+        "dataset": value.dataset.to_json() if value.dataset else None,
+    }
 
-    def to_json(self, value: Embed) -> dict[str, Any]:
-        return {
-            "kind": value.kind,
-            "items": [i.to_json() for i in value.items],
-            "token": value.token.to_json(),
-            "dataset": value.dataset.to_json() if value.dataset else None,
-        }
 
-    def from_json(self, data: dict[str, Any]) -> Embed:
-        return Embed(
-            data["kind"],
-            tuple(Item.from_json(i) for i in data["items"]),
-            EmbedToken.from_json(data["token"]),
-            Dataset.from_json(data["dataset"]) if data["dataset"] else None,
-        )
+def _embed_from_json(data: dict[str, Any]) -> Embed:
+    return Embed(
+        data["kind"],
+        tuple(Item.from_json(i) for i in data["items"]),
+        EmbedToken.from_json(data["token"]),
+        Dataset.from_json(data["dataset"]) if data["dataset"] else None,
+    )
+
+
+# How an embed goes to the shared cache (Redis) and back.
+EMBED_CODEC = Codec(_embed_to_json, _embed_from_json)
 
 
 class EmbedService:
@@ -149,26 +151,29 @@ class EmbedService:
         tokens: EntraTokenProvider,
         powerbi: PowerBIClient,
         clock: Clock = SYSTEM_CLOCK,
-        store: SharedStore | None = None,
+        shared: SharedLevel | None = None,
     ) -> None:
-        """``store``: an optional second cache level shared between workers, for tokens and the catalog."""
+        """``shared``: an optional second cache level shared between workers, for tokens and the catalog."""
         self.settings = settings
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
-        self._min_seconds = settings.min_token_minutes * 60
+        self._min_seconds = settings.policy.min_token_minutes * 60
         self.catalog = Catalog(
-            powerbi, settings.catalog_ttl_seconds, settings.catalog_refresh_seconds, clock=clock, store=store
-        )
-        # A token is kept while it can still be handed out with the minimum life left.
-        self.embeds: TieredCache[TokenKey, Embed] = TieredCache(
-            "embed",
-            settings.cache_max_tokens,
-            lambda embed: embed.token.expires_at - self._min_seconds,
+            powerbi,
+            settings.caches.catalog_ttl_seconds,
+            settings.caches.catalog_refresh_seconds,
             clock=clock,
-            store=store,
-            codec=EmbedCodec(),
-            key_text=TokenKey.text,
+            shared=shared,
+        )
+        # A token is handed out while it still has the minimum life left.
+        self.embeds: Cache[TokenKey, Embed] = Cache(
+            "embed",
+            settings.caches.max_tokens,
+            lambda embed: Lifetime(embed.token.expires_at - self._min_seconds),
+            clock=clock,
+            shared=shared,
+            codec=EMBED_CODEC,
         )
 
     @classmethod
@@ -177,21 +182,23 @@ class EmbedService:
         settings: Settings,
         clock: Clock = SYSTEM_CLOCK,
         session: requests.Session | None = None,
-        store: SharedStore | None = None,
+        shared: SharedLevel | None = None,
     ) -> EmbedService:
         """The service with its collaborators: one HTTP session and one MSAL application.
 
-        Without a ``store``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
+        Without ``shared``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
         """
-        if store is None:
-            store = RedisStore.create(settings, clock)
+        if shared is None:
+            shared = SharedCache.create(settings, clock)
         http = HttpClient(session, clock)
         return cls(
             settings,
             EntraTokenProvider(settings, http, clock),
-            PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes, settings.profile_id),
+            PowerBIClient(
+                settings.powerbi.api_url, http, settings.policy.token_lifetime_minutes, settings.sign_in.profile_id
+            ),
             clock,
-            store,
+            shared,
         )
 
     def embed(
@@ -204,7 +211,7 @@ class EmbedService:
     ) -> Embed:
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
-        with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
+        with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
             bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
             plan = self._plan(request, bearer)
             embed, outcome = self.embeds.get_or_load(
@@ -260,19 +267,19 @@ class EmbedService:
             raise InvalidRequest(f"accessLevel must be View or Edit, not {_quoted(access_level or '')}.")
         if level == "Edit" and kind not in ("report", "reports"):
             raise InvalidRequest("Only reports can be edited: accessLevel=Edit needs a report.")
-        workspace = s.workspace_id if workspace_id is None else parse_guid(workspace_id)
+        workspace = s.policy.workspace_id if workspace_id is None else parse_guid(workspace_id)
         if workspace is None:
             raise InvalidRequest("workspaceId is required." if workspace_id is None else "workspaceId must be a GUID.")
-        if workspace not in s.allowed_workspaces:
+        if workspace not in s.policy.allowed_workspaces:
             raise NotAllowed(f"Workspace {workspace} is not allowed here.")
         # Reports answer to the report allow-list; a dashboard and its tiles to the dashboard's; a
         # dataset to be reported on (create) only to its workspace's.
-        allowed = s.allowed_reports if kind in ("report", "reports") else s.allowed_dashboards
+        allowed = s.policy.allowed_reports if kind in ("report", "reports") else s.policy.allowed_dashboards
         governed = [] if kind == "create" else ids if kind in ("report", "reports") else ids[:1]
         for item in governed:
             if allowed is not None and item not in allowed:
                 raise NotAllowed(f"The {names[0]} {item} is not allowed here.")
-        if (level == "Edit" or kind == "create") and not s.allow_edit:
+        if (level == "Edit" or kind == "create") and not s.policy.allow_edit:
             raise NotAllowed(
                 "Editing and creating reports is not allowed: ask for accessLevel=View.",
                 hint="(POWERBI_ALLOW_EDIT is not true.)",
@@ -325,7 +332,7 @@ class EmbedService:
                 "identity is sent."
             )
         if any(d.roles_required for d in needing) and not identity.roles:
-            if self.settings.rls_roles_source == "principal":
+            if self.settings.rls.roles_source == "principal":
                 # The user's own roles were all outside POWERBI_RLS_ALLOWED_ROLES: their account, not the
                 # configuration, is what lacks a role for this data.
                 raise NotAllowed(

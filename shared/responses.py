@@ -8,7 +8,7 @@ A 4xx answer's message says what is wrong with the request, in production too (i
 configuration: see ``shared.errors``); the operator's hint is added only with details on. A 5xx
 answer's message tells strangers nothing: in production it is the code's generic message
 (``errors.PUBLIC_MESSAGES``); the detailed one (setting names, AADSTS code and hint, Power BI's
-status and RequestId) only with details on (``settings.error_details``). ``requestId`` is the
+status and RequestId) only with details on (``settings.policy.error_details``). ``requestId`` is the
 invocation id, which the log line carries too, so an operator can find the cause from an answer.
 """
 
