@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import requests
 
+from shared import redact
 from shared.cache import Cache, Codec, Lifetime, SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -45,6 +46,9 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 # Extra life asked of the Entra token beyond the embed token's minimum, so that the
 # embed token it makes can still have the minimum after the GenerateToken round trip.
 ENTRA_MARGIN_SECONDS = 120
+# Entra access and refresh tokens the redaction registry keeps beside the embed tokens: MSAL holds one or
+# two at a time; this leaves room for the ones just replaced.
+ENTRA_TOKENS_HELD = 64
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,8 @@ class EmbedService:
             clock=clock,
             shared=shared,
         )
+        # Every token the cache holds stays known to the log redaction, with room for the Entra tokens.
+        redact.hold_tokens(settings.caches.max_tokens + ENTRA_TOKENS_HELD)
         # A token is handed out while it still has the minimum life left.
         self.embeds: Cache[TokenKey, Embed] = Cache(
             "embed",

@@ -155,7 +155,10 @@ class EmbedToken:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EmbedToken:
-        return cls(str(data["token"]), str(data["tokenId"]), datetime.fromisoformat(data["expiration"]))
+        """A token read back (from the shared cache): kept out of every log line, like one just minted."""
+        token = str(data["token"])
+        register_secret(token)
+        return cls(token, str(data["tokenId"]), datetime.fromisoformat(data["expiration"]))
 
 
 class TokenSource(Protocol):
