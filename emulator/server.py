@@ -16,7 +16,9 @@ In tests::
         monkeypatch.setenv("IDENTITY_HEADER", fake.identity_header)               # App Service sets them
 
 Every request is recorded (``requests``, ``calls()``, ``token_calls``, ``identity_calls``) and every token
-issued (``access_tokens``, ``embed_tokens`` with their effective identities).  Scripted trouble: ``fault()``,
+issued (``access_tokens``, ``embed_tokens`` with their effective identities).  Scripted trouble: ``fault()``
+(any status, headers such as an HTTP-date ``Retry-After``, a JSON body or, as a ``str``, an HTML page; see
+``emulator.entra.entra_unavailable`` and ``entra_html_page`` for Entra's),
 ``throttle()``, ``latency`` (all Power BI answers), ``latency_for(path, seconds)``, ``fail_sign_in`` (a queue of
 AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting), ``next_lifetimes`` /
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,

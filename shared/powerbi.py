@@ -350,9 +350,12 @@ class PowerBIClient:
                 body = None
             if isinstance(body, dict):
                 return body
-            raise PowerBIRefused(
-                "Power BI sent an answer we could not read.",
-                cause=f"unreadable Power BI answer to {method} {path}",
+            # Not Power BI's JSON: a proxy's or an outage page in front of it. Worth trying again later.
+            raise Throttled(
+                "Power BI is unavailable; try again after the time in Retry-After.",
+                status=503,
+                retry_after=_retry_after(response, self.http.clock),
+                cause=f"unreadable Power BI answer (HTTP {response.status_code}, not JSON) to {method} {path}",
                 request_id=response.headers.get("RequestId"),
             )
         raise _failure(response, what, method, path, self.http.clock)

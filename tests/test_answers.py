@@ -29,7 +29,7 @@ from emulator import (
     WORKSPACE_ID,
     FakeUpstream,
 )
-from emulator.entra import entra_html_page, entra_unavailable
+from emulator.entra import OUTAGE_PAGE, entra_html_page, entra_unavailable
 from tests.conftest import FakeClock
 
 REPORT = f"/api/embed/reports/{REPORT_ID}"
@@ -71,6 +71,15 @@ def test_power_bi_server_errors_after_the_retries_are_503_unavailable(
     assert answer(response) == (503, "unavailable", "30")  # Power BI said no wait: its default
     assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
     assert len(fake.calls(method, path)) == ATTEMPTS
+
+
+def test_an_html_page_instead_of_power_bis_json_is_503_unavailable(
+    call: Callable[..., Any], fake: FakeUpstream, clock: FakeClock
+) -> None:
+    fake.fault("POST", "GenerateToken", status=200, body=OUTAGE_PAGE)
+
+    assert answer(call(REPORT)) == (503, "unavailable", "30")
+    assert call(REPORT).status_code == 200  # the next request mints
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
