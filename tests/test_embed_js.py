@@ -463,3 +463,28 @@ def test_stop_during_the_first_fetch_leaves_no_frame_and_no_timer(page: Any, web
     assert len(page.evaluate("window.fetches")) == 1
     assert page.query_selector("#a iframe") is None
     assert page.evaluate("window.events") == []
+
+
+def test_any_answer_with_retry_after_is_waited_out_before_the_next_try(page: Any, web: str, api: str) -> None:
+    """The function sends Retry-After with every transient fault (here 502 upstream_unreachable), not only 429/503."""
+    page.clock.install()
+    open_test_page(page, web)
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)
+    held = hold_token_requests(page)
+    unreachable = {"error": {"code": "upstream_unreachable", "message": "Power BI could not be reached."}}
+    cors = {"Access-Control-Allow-Origin": web, "Access-Control-Expose-Headers": "Retry-After", "Retry-After": "7"}
+
+    start_embed(page, "a", options(api, id=REPORT_ID))
+    wait_until_held(page, held)
+    page.unroute("**/api/embed/**")
+    held[0].fulfill(status=502, headers=cors, content_type="application/json", body=json.dumps(unreachable))
+    until(page, "document.querySelector('#a > .powerbi-embed-error') !== null")  # shown while it waits
+
+    page.clock.run_for(6_000)
+    assert len(page.evaluate("window.fetches")) == 1  # not before Retry-After
+    page.clock.run_for(1_500)
+    until(page, "window.outcome !== null")
+
+    assert page.evaluate("window.outcome") == {"ok": True}
+    assert len(page.evaluate("window.fetches")) == 2
+    assert page.query_selector("#a > .powerbi-embed-error") is None
