@@ -131,6 +131,15 @@ def _assert_nothing_secret(exported: bytes, secrets: list[str]) -> None:
         assert secret.encode() not in exported, f"exported telemetry holds a secret ({secret[:6]}...)"
 
 
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """An emulator of this module's own (conftest's ``fake`` resets it per test): the hosts here sign in from
+    other processes, and the tokens they get must not be in the session emulator, whose first token other
+    modules take for one their own process was given (and registered for redaction)."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Any]:
     """Start a host (``start(env, prelude=None)``); any still running is stopped at the end."""
