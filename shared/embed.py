@@ -10,7 +10,10 @@ The flow of one request, top to bottom (``EmbedService.embed``):
    configuration error, not a Power BI error;
 3. the token (``shared.cache.Cache.get_or_load``): the canonical key (the set of items in any order and case,
    the access level, and the identity only when a dataset requires it) is looked up among the bounded
-   cached tokens; on a miss one GenerateToken is made, shared by concurrent requests for that key.
+   cached tokens; on a miss, within the new-token budget (``shared.budget``), one GenerateToken is made,
+   shared by concurrent requests for that key. A token near its end is still handed out and re-minted in
+   the background (refresh ahead); when minting fails for a transient fault, a token still valid for
+   ``STALE_MIN_SECONDS`` is handed out instead (``cache=stale``).
 
 Power BI is called with one ``Bearer`` per request: the Entra token is fetched only if something must be
 read or minted, and replaced once if Power BI rejects it.
@@ -27,11 +30,13 @@ from typing import Any, Literal
 
 import requests
 
-from shared.cache import Cache, Codec, Lifetime, SharedLevel
+from shared.background import Background, BackgroundPool
+from shared.budget import Budget
+from shared.cache import BACKGROUND_SECONDS, Cache, Codec, Lifetime, SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.entra import EntraTokenProvider
-from shared.errors import ConfigurationError, InvalidRequest, NotAllowed
+from shared.errors import ConfigurationError, InvalidRequest, NotAllowed, transient
 from shared.http import HttpClient, call_context
 from shared.identity import Identity
 from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
@@ -45,6 +50,8 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 # Extra life asked of the Entra token beyond the embed token's minimum, so that the
 # embed token it makes can still have the minimum after the GenerateToken round trip.
 ENTRA_MARGIN_SECONDS = 120
+# When minting fails for a transient fault, a cached token with at least this left is handed out instead.
+STALE_MIN_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -152,29 +159,46 @@ class EmbedService:
         powerbi: PowerBIClient,
         clock: Clock = SYSTEM_CLOCK,
         shared: SharedLevel | None = None,
+        background: Background | None = None,
+        budget: Budget | None = None,
     ) -> None:
-        """``shared``: an optional second cache level shared between workers, for tokens and the catalog."""
+        """``shared``: an optional second cache level shared between workers, for tokens and the catalog;
+        ``background``: where refreshes ahead run (none without it); ``budget``: for new tokens (this
+        process's own without one)."""
         self.settings = settings
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
         self._min_seconds = settings.policy.min_token_minutes * 60
+        self._ahead_seconds = settings.refresh.ahead_minutes * 60
+        self.budget = budget or Budget(settings.budget.per_minute, settings.budget.per_user_per_minute, clock)
         self.catalog = Catalog(
             powerbi,
             settings.caches.catalog_ttl_seconds,
             settings.caches.catalog_refresh_seconds,
             clock=clock,
             shared=shared,
+            background=background,
+            ahead_seconds=self._ahead_seconds,
+            stale_seconds=settings.refresh.catalog_stale_seconds,
         )
-        # A token is handed out while it still has the minimum life left.
         self.embeds: Cache[TokenKey, Embed] = Cache(
             "embed",
             settings.caches.max_tokens,
-            lambda embed: Lifetime(embed.token.expires_at - self._min_seconds),
+            self._lifetime,
             clock=clock,
             shared=shared,
             codec=EMBED_CODEC,
+            background=background,
+            transient=transient,
         )
+
+    def _lifetime(self, embed: Embed) -> Lifetime:
+        """Handed out while the minimum life is left, re-minted ahead within the refresh window before that,
+        kept for a failing GenerateToken while ``STALE_MIN_SECONDS`` are left."""
+        expires = embed.token.expires_at
+        ahead = expires - self._min_seconds - self._ahead_seconds if self._ahead_seconds else None
+        return Lifetime(expires - self._min_seconds, ahead, expires - STALE_MIN_SECONDS)
 
     @classmethod
     def create(
@@ -183,13 +207,14 @@ class EmbedService:
         clock: Clock = SYSTEM_CLOCK,
         session: requests.Session | None = None,
         shared: SharedLevel | None = None,
+        background: Background | None = None,
     ) -> EmbedService:
-        """The service with its collaborators: one HTTP session and one MSAL application.
-
-        Without ``shared``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
+        """The service with its collaborators: one HTTP session, one MSAL application, a small pool for the
+        refreshes ahead. Without ``shared``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set,
+        which then also keeps the new-token budget for the fleet.
         """
-        if shared is None:
-            shared = SharedCache.create(settings, clock)
+        redis = SharedCache.create(settings, clock) if shared is None else None
+        budget = Budget(settings.budget.per_minute, settings.budget.per_user_per_minute, clock, redis)
         http = HttpClient(session, clock)
         return cls(
             settings,
@@ -198,7 +223,9 @@ class EmbedService:
                 settings.powerbi.api_url, http, settings.policy.token_lifetime_minutes, settings.sign_in.profile_id
             ),
             clock,
-            shared,
+            shared or redis,
+            background or BackgroundPool(),
+            budget,
         )
 
     def embed(
@@ -208,7 +235,10 @@ class EmbedService:
         workspace_id: str | None = None,
         access_level: str | None = None,
         identity: Identity | None = None,
+        principal: str | None = None,
     ) -> Embed:
+        """The embed for a request; ``principal``: the signed-in user's id the platform vouches for (the
+        per-user budget), if any."""
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
         with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
@@ -216,8 +246,9 @@ class EmbedService:
             plan = self._plan(request, bearer)
             embed, outcome = self.embeds.get_or_load(
                 plan.key,
-                lambda: self._mint(bearer, request.kind, plan.request),
+                lambda: self._mint(bearer, plan, principal),
                 context.deadline.remaining,
+                refresh=lambda: self._mint_ahead(bearer, plan),
             )
             logger.info(
                 "embed %s %s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
@@ -338,6 +369,26 @@ class EmbedService:
             identity.username, identity.roles, identity.custom_data, tuple(d.id for d in needing), reports
         )
 
-    def _mint(self, bearer: Bearer, kind: Kind, request: TokenRequest) -> Embed:
-        token = bearer.call(lambda access: self.powerbi.generate_token(access, request))
-        return Embed(kind, request.items, token, request.create_on)
+    def _mint(self, bearer: Bearer, plan: Plan, principal: str | None) -> Embed:
+        """A new token for a request, within the budget (over it: 429, and no upstream call)."""
+        self.budget.take(principal)
+        token = bearer.call(lambda access: self.powerbi.generate_token(access, plan.request))
+        return Embed(plan.key.kind, plan.request.items, token, plan.request.create_on)
+
+    def _mint_ahead(self, bearer: Bearer, plan: Plan) -> Embed:
+        """The background re-mint of a key still cached: counted in the budget, never refused; the Entra
+        token behind it renewed first when it could not make a token that outlives the refresh window."""
+        with call_context(Deadline.after(self.clock, BACKGROUND_SECONDS)) as context:
+            self.budget.take(background=True)
+            longer = bearer.fork(self._min_seconds + self._ahead_seconds + ENTRA_MARGIN_SECONDS)
+            token = longer.call(lambda access: self.powerbi.generate_token(access, plan.request))
+            logger.info(
+                "refreshed ahead %s %s workspace=%s upstream_calls=%d upstream_ms=%.0f token_id=%s",
+                plan.key.kind,
+                ",".join(plan.key.ids),
+                plan.key.workspace_id,
+                context.upstream_calls,
+                context.upstream_seconds * 1000,
+                token.token_id,
+            )
+        return Embed(plan.key.kind, plan.request.items, token, plan.request.create_on)
