@@ -20,7 +20,9 @@ issued (``access_tokens``, ``embed_tokens`` with their effective identities).  S
 ``throttle()``, ``latency`` (all Power BI answers), ``latency_for(path, seconds)``, ``fail_sign_in`` (a queue of
 AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting), ``next_lifetimes`` /
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,
-``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early).
+``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early). Simulated time:
+``clock`` (what "now" is for tokens issued and checked) and ``wait_with`` (how latency is spent: a fake clock's
+``sleep`` moves that clock instead of waiting).
 ``reset()`` clears records and scripted trouble and restores the
 catalogue and tenant settings.
 
