@@ -267,7 +267,7 @@ def memory_for_users(
         service.embed("report", RLS_REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
         return "a cache hit" if mint.minted == before else "a new GenerateToken"
 
-    kept = len(service.embeds)
+    kept = len(service.embed_tokens.cache)
     return peak, kept, outcome(users - 1), outcome(0)
 
 

@@ -8,12 +8,11 @@ The flow of one request, top to bottom (``EmbedService.embed``):
    (``shared.catalog``), and the effective identity for exactly the datasets that require one (Power BI
    refuses it for the others); a dataset that requires one while the function has none to give is a
    configuration error, not a Power BI error;
-3. the token (``shared.cache.Cache.get_or_load``): the canonical key (the set of items in any order and case,
-   the access level, and the identity only when a dataset requires it) is looked up among the bounded
-   cached tokens; on a miss, within the new-token budget (``shared.budget``), one GenerateToken is made,
-   shared by concurrent requests for that key. A token near its end is still handed out and re-minted in
-   the background (refresh ahead); when minting fails for a transient fault, a token still valid for
-   ``STALE_MIN_SECONDS`` is handed out instead (``cache=stale``).
+3. the token (``shared.tokens.EmbedTokens.get``): the canonical key (the set of items in any order and
+   case, the access level, and the identity only when a dataset requires it) is looked up among the
+   bounded cached tokens; on a miss, within the new-token budget, one GenerateToken is made, shared by
+   concurrent requests for that key; a token near its end is re-minted in the background, and a token
+   still valid stands in for a GenerateToken that fails for a transient fault.
 
 Power BI is called with one ``Bearer`` per request: the Entra token is fetched only if something must be
 read or minted, and replaced once if Power BI rejects it.
@@ -22,36 +21,30 @@ read or minted, and replaced once if Power BI rejects it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import requests
 
 from shared.background import Background, BackgroundPool
 from shared.budget import Budget
-from shared.cache import BACKGROUND_SECONDS, Cache, Codec, Lifetime, SharedLevel
+from shared.cache import SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.entra import EntraTokenProvider
-from shared.errors import ConfigurationError, InvalidRequest, NotAllowed, transient
+from shared.errors import ConfigurationError, InvalidRequest, NotAllowed
 from shared.http import HttpClient, call_context
 from shared.identity import Identity
-from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
+from shared.powerbi import Bearer, Dataset, EffectiveIdentity, Item, PowerBIClient, TokenRequest
 from shared.settings import Settings, parse_guid
 from shared.shared_cache import SharedCache
+from shared.tokens import ENTRA_MARGIN_SECONDS, Embed, EmbedTokens, Plan, TokenKey
+from shared.tokens import Kind as Kind  # the routes and the doctor name it from here
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["report", "dashboard", "tile", "reports", "create"]
 MAX_REPORTS = 50  # Power BI's limit for one V2 token
-# Extra life asked of the Entra token beyond the embed token's minimum, so that the
-# embed token it makes can still have the minimum after the GenerateToken round trip.
-ENTRA_MARGIN_SECONDS = 120
-# When minting fails for a transient fault, a cached token with at least this left is handed out instead.
-STALE_MIN_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -63,92 +56,6 @@ class EmbedRequest:
     ids: tuple[str, ...]  # report ids (request order, no repeats); (dashboard,); (dashboard, tile); (dataset,)
     access_level: str = "View"
     identity: Identity | None = None
-
-
-@dataclass(frozen=True)
-class TokenKey:
-    """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
-    and with the identity only when one of the token's datasets requires it (it is then the one sent)."""
-
-    kind: Kind
-    workspace_id: str
-    ids: tuple[str, ...]  # sorted for several reports
-    access_level: str
-    identity: Identity | None
-
-    def text(self) -> str:
-        identity = dataclasses.asdict(self.identity) if self.identity else None
-        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity]
-        return json.dumps(parts, separators=(",", ":"), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one token is for: its cache key and the GenerateToken it takes on a miss."""
-
-    key: TokenKey
-    request: TokenRequest
-
-
-@dataclass(frozen=True)
-class Embed:
-    kind: Kind
-    items: tuple[Item, ...]
-    token: EmbedToken
-    dataset: Dataset | None = None  # the dataset a "create" token is for
-
-    def to_json(self) -> dict[str, Any]:
-        token = {
-            "accessToken": self.token.token,
-            "tokenType": "Embed",
-            "tokenId": self.token.token_id,
-            "expiration": self.token.expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        if self.kind == "reports":
-            items = [{"id": i.id, "workspaceId": i.workspace_id, "embedUrl": i.embed_url} for i in self.items]
-            return {"type": "reports", "items": items, **token}
-        if self.dataset is not None:
-            dataset = self.dataset
-            return {
-                "type": "create",
-                "id": dataset.id,
-                "datasetId": dataset.id,
-                "workspaceId": dataset.workspace_id,
-                "embedUrl": dataset.create_embed_url,
-                **token,
-            }
-        item = self.items[0]
-        tile = {"dashboardId": item.dashboard_id} if item.dashboard_id else {}
-        return {
-            "type": item.kind,
-            "id": item.id,
-            **tile,
-            "workspaceId": item.workspace_id,
-            "embedUrl": item.embed_url,
-            **token,
-        }
-
-
-def _embed_to_json(value: Embed) -> dict[str, Any]:
-    return {
-        "kind": value.kind,
-        "items": [i.to_json() for i in value.items],
-        "token": value.token.to_json(),
-        "dataset": value.dataset.to_json() if value.dataset else None,
-    }
-
-
-def _embed_from_json(data: dict[str, Any]) -> Embed:
-    return Embed(
-        data["kind"],
-        tuple(Item.from_json(i) for i in data["items"]),
-        EmbedToken.from_json(data["token"]),
-        Dataset.from_json(data["dataset"]) if data["dataset"] else None,
-    )
-
-
-# How an embed goes to the shared cache (Redis) and back.
-EMBED_CODEC = Codec(_embed_to_json, _embed_from_json)
 
 
 class EmbedService:
@@ -170,7 +77,6 @@ class EmbedService:
         self.powerbi = powerbi
         self.clock = clock
         self._min_seconds = settings.policy.min_token_minutes * 60
-        self._ahead_seconds = settings.refresh.ahead_minutes * 60
         self.budget = budget or Budget(settings.budget.per_minute, settings.budget.per_user_per_minute, clock)
         self.catalog = Catalog(
             powerbi,
@@ -179,26 +85,10 @@ class EmbedService:
             clock=clock,
             shared=shared,
             background=background,
-            ahead_seconds=self._ahead_seconds,
+            ahead_seconds=settings.refresh.ahead_minutes * 60,
             stale_seconds=settings.refresh.catalog_stale_seconds,
         )
-        self.embeds: Cache[TokenKey, Embed] = Cache(
-            "embed",
-            settings.caches.max_tokens,
-            self._lifetime,
-            clock=clock,
-            shared=shared,
-            codec=EMBED_CODEC,
-            background=background,
-            transient=transient,
-        )
-
-    def _lifetime(self, embed: Embed) -> Lifetime:
-        """Handed out while the minimum life is left, re-minted ahead within the refresh window before that,
-        kept for a failing GenerateToken while ``STALE_MIN_SECONDS`` are left."""
-        expires = embed.token.expires_at
-        ahead = expires - self._min_seconds - self._ahead_seconds if self._ahead_seconds else None
-        return Lifetime(expires - self._min_seconds, ahead, expires - STALE_MIN_SECONDS)
+        self.embed_tokens = EmbedTokens(settings, powerbi, clock, shared, background, self.budget)
 
     @classmethod
     def create(
@@ -244,12 +134,7 @@ class EmbedService:
         with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
             bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
             plan = self._plan(request, bearer)
-            embed, outcome = self.embeds.get_or_load(
-                plan.key,
-                lambda: self._mint(bearer, plan, principal),
-                context.deadline.remaining,
-                refresh=lambda: self._mint_ahead(bearer, plan),
-            )
+            embed, outcome = self.embed_tokens.get(plan, bearer, principal, context.deadline.remaining)
             logger.info(
                 "embed %s %s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
                 "request_ids=%s token_id=%s",
@@ -368,27 +253,3 @@ class EmbedService:
         return EffectiveIdentity(
             identity.username, identity.roles, identity.custom_data, tuple(d.id for d in needing), reports
         )
-
-    def _mint(self, bearer: Bearer, plan: Plan, principal: str | None) -> Embed:
-        """A new token for a request, within the budget (over it: 429, and no upstream call)."""
-        self.budget.take(principal)
-        token = bearer.call(lambda access: self.powerbi.generate_token(access, plan.request))
-        return Embed(plan.key.kind, plan.request.items, token, plan.request.create_on)
-
-    def _mint_ahead(self, bearer: Bearer, plan: Plan) -> Embed:
-        """The background re-mint of a key still cached: counted in the budget, never refused; the Entra
-        token behind it renewed first when it could not make a token that outlives the refresh window."""
-        with call_context(Deadline.after(self.clock, BACKGROUND_SECONDS)) as context:
-            self.budget.take(background=True)
-            longer = bearer.fork(self._min_seconds + self._ahead_seconds + ENTRA_MARGIN_SECONDS)
-            token = longer.call(lambda access: self.powerbi.generate_token(access, plan.request))
-            logger.info(
-                "refreshed ahead %s %s workspace=%s upstream_calls=%d upstream_ms=%.0f token_id=%s",
-                plan.key.kind,
-                ",".join(plan.key.ids),
-                plan.key.workspace_id,
-                context.upstream_calls,
-                context.upstream_seconds * 1000,
-                token.token_id,
-            )
-        return Embed(plan.key.kind, plan.request.items, token, plan.request.create_on)
