@@ -19,6 +19,7 @@ from emulator import catalog as cat
 from emulator.entra import emulator_session
 from shared.embed import EmbedService
 from shared.errors import ConfigurationError, Throttled
+from shared.identity import principal_id
 from shared.settings import Settings
 from tests.conftest import FakeClock, ManualBackground
 from tests.redis_server import RedisServer
@@ -161,3 +162,12 @@ def test_the_settings_are_checked_by_name(env: dict[str, str], name: str, value:
     with pytest.raises(ConfigurationError) as raised:
         Settings.from_env({**env, name: value})
     assert problem in raised.value.message
+
+
+def test_the_principal_id_comes_from_either_platform_format_and_only_when_vouched_for() -> None:
+    swa = base64.b64encode(json.dumps({"identityProvider": "aad", "userId": "u-42", "userDetails": "a"}).encode())
+    assert principal_id({"X-MS-CLIENT-PRINCIPAL": swa.decode()}, True) == "u-42"
+    assert principal_id({"X-MS-CLIENT-PRINCIPAL-ID": "oid-7"}, True) == "oid-7"
+    assert principal_id({"X-MS-CLIENT-PRINCIPAL-ID": "oid-7"}, False) is None
+    assert principal_id({"X-MS-CLIENT-PRINCIPAL": "not base64 json"}, True) is None
+    assert principal_id({}, True) is None
