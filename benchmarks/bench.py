@@ -192,12 +192,14 @@ def catalog_figures(fake: FakeUpstream) -> None:
     principal["WEBSITE_AUTH_ENABLED"] = "True"
 
     fake.reset_records()
-    service = EmbedService.create(settings(fake))
+    service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
     service.embed("reports", reports)
     print(f"cold request for 50 reports: {_by_kind(fake, pbi_only=True)} (besides signing in: {_sign_in(fake)})")
 
     fake.reset_records()
-    service = EmbedService.create(settings(fake))  # cold: its catalog not read yet
+    service = EmbedService.create(
+        settings(fake), session=emulator_session(fake.base_url)
+    )  # cold: its catalog not read yet
     misses = 0
     for _ in range(1000):
         try:
@@ -207,7 +209,7 @@ def catalog_figures(fake: FakeUpstream) -> None:
     print(f"1,000 random GUIDs, cold: {misses} answered 404; Power BI: {_by_kind(fake, pbi_only=True)}")
 
     fake.reset_records()
-    service = EmbedService.create(settings(fake, **principal))
+    service = EmbedService.create(settings(fake, **principal), session=emulator_session(fake.base_url))
     for n in range(1000):
         service.embed("report", REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
     print(f"1,000 signed-in users on a plain report: {len(fake.calls('POST', 'GenerateToken'))} GenerateToken")
@@ -233,7 +235,7 @@ def catalog_figures(fake: FakeUpstream) -> None:
 
     fake.reset_records()
     fake.latency = 0.2
-    service = EmbedService.create(settings(fake))
+    service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
     started = time.perf_counter()
     service.embed("reports", reports)
     elapsed = time.perf_counter() - started
@@ -250,10 +252,11 @@ def memory_for_users(
     """(peak traced bytes, tokens kept, the last user's outcome, the first user's outcome) for ``users``
     distinct users on an RLS report, each once, through ``EmbedService.embed``."""
     gc.collect()
-    service = EmbedService.create(settings(fake, POWERBI_CACHE_MAX_TOKENS="1000", **principal))
+    service = EmbedService.create(
+        settings(fake, POWERBI_CACHE_MAX_TOKENS="1000", **principal), session=emulator_session(fake.base_url)
+    )
     mint = InProcessMint(service.powerbi)
-    service.powerbi = mint
-    service.catalog.powerbi = mint
+    service.powerbi = service.catalog.powerbi = service.embed_tokens.powerbi = mint
     service.embed("report", RLS_REPORT_ID, identity=Identity("warm-up@contoso.com", ("Region",)))  # the catalog
     if trace:
         tracemalloc.start()
