@@ -22,7 +22,7 @@ import requests
 from shared import redact, telemetry
 from shared.embed import EmbedService, Kind
 from shared.errors import ConfigurationError
-from shared.identity import identity_for
+from shared.identity import identity_for, principal_id
 from shared.openapi import openapi_json
 from shared.responses import json_response, respond
 from shared.settings import Settings, error_details, http_auth_level
@@ -73,8 +73,9 @@ def _embed(
         svc = service()
         # The row-level-security identity comes only from App Service Authentication's headers.
         identity = identity_for(req.headers, svc.settings)
+        principal = principal_id(req.headers, svc.settings.budget.platform_signs_in)  # the per-user budget
         params = req.params
-        return svc.embed(kind, ids, params.get("workspaceId"), params.get("accessLevel"), identity).to_json()
+        return svc.embed(kind, ids, params.get("workspaceId"), params.get("accessLevel"), identity, principal).to_json()
 
     trace = getattr(context, "trace_context", None)
     parent = getattr(trace, "trace_parent", None) or None

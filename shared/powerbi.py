@@ -180,6 +180,11 @@ class Bearer:
         self._token: AccessToken | None = None
         self._renewed = False
 
+    def fork(self, min_seconds: float | None = None) -> Bearer:
+        """A Bearer of its own, for work off the request (a background refresh), with the same or a longer
+        minimum life: a token too short for it is renewed when it is first used."""
+        return Bearer(self._tokens, self._min_seconds if min_seconds is None else min_seconds)
+
     def call(self, work: Callable[[str], T]) -> T:
         token = self._token = self._token or self._tokens.token(self._min_seconds)
         try:
