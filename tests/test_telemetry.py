@@ -532,3 +532,37 @@ def test_upstream_spans_are_named_by_template_without_ids_users_or_queries(
     assert (found_operation, found_name) == (operation, name)
     assert attributes["url.template"] == name.split(" ", 1)[1]
     assert "?" not in str(attributes) and "contoso.com?" not in str(attributes) and "embed.user" not in str(attributes)
+
+
+def test_a_refresh_ahead_and_a_budget_refusal_are_counted(
+    fake: FakeUpstream, env: dict[str, str], start: Any, otlp: OtlpReceiver
+) -> None:
+    # Tokens of 35 minutes re-minted 30 minutes ahead of the 10 they must keep: due at once, so the hit
+    # after the miss re-mints in the background; a budget of one new token a minute then refuses the next.
+    settings = {
+        "POWERBI_TOKEN_LIFETIME_MINUTES": "35",
+        "POWERBI_REFRESH_AHEAD_MINUTES": "30",
+        "POWERBI_MAX_NEW_TOKENS_PER_MINUTE": "1",
+    }
+    host = start(_host_env({**env, **settings}, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}))
+    assert host.get(f"embed/reports/{REPORT_ID}").status_code == 200
+    assert host.get(f"embed/reports/{REPORT_ID}").status_code == 200
+    deadline = time.monotonic() + 30
+    while len(fake.calls("POST", "GenerateToken")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the background re-mint: waited for, not timed
+    refused = host.get(f"embed/reports/{PAGINATED_REPORT_ID}")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "throttled")
+    assert host.stop() == 0, host.output
+
+    points = otlp.points()
+    minted = {p.attributes["reason"]: p.value for p in points if p.metric == "powerbi.embed.tokens_minted"}
+    assert minted == {"miss": 1, "refresh": 1}
+    counted = {
+        (p.attributes["status_code"], p.attributes.get("error_code"))
+        for p in points
+        if p.metric == "powerbi.embed.requests"
+    }
+    assert (429, "throttled") in counted
+    spans = otlp.spans()
+    throttled = _requests(spans)["throttled"]
+    assert not [s for s in spans if s.parent_span_id == throttled.span_id and "GenerateToken" in s.name]
