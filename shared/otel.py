@@ -128,7 +128,7 @@ class OtelCall(telemetry.Call):
         self._service = service
         self._operation = operation
         self._span = span
-        self._status = "ok"
+        self._status: str | None = None
         self._scope: Any = None
         self._started = 0.0
 
@@ -142,11 +142,13 @@ class OtelCall(telemetry.Call):
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         elapsed = time.perf_counter() - self._started
-        if kind is not None:
-            self._status = "error"
-            self._span.set_attribute("error.type", kind.__name__)
-            self._span.set_status(Status(StatusCode.ERROR))
-        attributes = {"service": self._service, "operation": self._operation, "status": self._status}
+        status = self._status
+        if status is None:  # no outcome was told: it ended as it ended
+            status = "ok" if kind is None else "error"
+            if kind is not None:
+                self._span.set_attribute("error.type", kind.__name__)
+                self._span.set_status(Status(StatusCode.ERROR))
+        attributes = {"service": self._service, "operation": self._operation, "status": status}
         self._pipeline.upstream_duration.record(elapsed, attributes)
         self._scope.__exit__(None, None, None)
 

@@ -70,8 +70,9 @@ class RequestRecord:
 
 
 class Call:
-    """One upstream call being timed: ``set`` adds a span attribute, ``status`` the outcome
-    (the HTTP status code, or ``ok``/``error``). The base class does nothing (telemetry off)."""
+    """One upstream call being timed: ``set`` adds a span attribute, ``status`` tells the outcome (the HTTP
+    status code, ``ok``, ``not_found``...); untold, it is ``ok``, or ``error`` when the call raised. The base
+    class does nothing (telemetry off)."""
 
     def __enter__(self) -> Call:
         return self
