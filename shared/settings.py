@@ -14,10 +14,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from shared.customers.config import CustomersSettings
 
 AuthMode = Literal["MasterUser", "ServicePrincipal", "ManagedIdentity"]
 AUTH_MODES: tuple[AuthMode, ...] = ("MasterUser", "ServicePrincipal", "ManagedIdentity")
@@ -100,6 +103,13 @@ SETTING_NAMES = (
     "POWERBI_CACHE_ENCRYPTION_KEY",
     "POWERBI_CACHE_TIMEOUT_MS",
     "POWERBI_CACHE_BREAKER_SECONDS",
+    # Many customers: the directory, and how a signed-in user's customer is found
+    "POWERBI_CUSTOMERS_SOURCE",
+    "POWERBI_CUSTOMERS",
+    "POWERBI_CUSTOMERS_TABLE",
+    "POWERBI_CUSTOMERS_CONNECTION",
+    "POWERBI_CUSTOMER_FROM",
+    "POWERBI_CUSTOMERS_TTL_SECONDS",
 )
 SECRET_SETTINGS = frozenset(
     {
@@ -194,6 +204,8 @@ class Settings:
     cache_max_tokens: int = 10_000
     error_details: bool = False  # detailed messages in error answers (see error_details())
     shared_cache: SharedCacheSettings | None = None
+    # Many customers (shared.customers.config); None: POWERBI_CUSTOMERS_SOURCE=none, one global scope.
+    customers: CustomersSettings | None = None
 
     @property
     def authority(self) -> str:
@@ -498,9 +510,14 @@ class _Reader:
         username = self.text("POWERBI_USERNAME", required=master_user)
         password = self.text("POWERBI_PASSWORD", required=master_user)
 
+        from shared.customers.config import read_customers  # imports shared.settings itself
+
+        customers = read_customers(self)
         workspace_id = self.guid("POWERBI_WORKSPACE_ID")
         allowed = self.guids("POWERBI_ALLOWED_WORKSPACES")
-        if allowed is None:
+        if customers is not None:
+            allowed = frozenset()  # each customer brings its own (the global settings must be unset)
+        elif allowed is None:
             allowed = frozenset([workspace_id]) if workspace_id else frozenset()
             if not (env.get("POWERBI_WORKSPACE_ID") or "").strip():
                 self.problems.append(
@@ -538,6 +555,7 @@ class _Reader:
             **self.caches(),
             **self.error_answers(),
             **self.shared_cache(),
+            customers=customers,
         )
         if self.problems:
             raise ConfigurationError(
