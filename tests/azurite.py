@@ -8,7 +8,9 @@ telemetry, and is stopped after. Tests that need it skip, saying how to install 
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +74,21 @@ class AzuriteTables:
             if self.process.stdout:
                 self.process.stdout.close()
             self.process = None
+
+
+class CountingTable:
+    """A real ``TableClient`` whose point reads are counted (and, with ``delay``, held back): what the
+    directory asked of the table. Everything is the real client's answer."""
+
+    def __init__(self, table: Any, delay: float = 0.0) -> None:
+        self.table = table
+        self.delay = delay
+        self.reads: list[str] = []
+        self._lock = threading.Lock()
+
+    def get_entity(self, partition_key: str, row_key: str) -> Any:
+        with self._lock:
+            self.reads.append(row_key)
+        if self.delay:
+            threading.Event().wait(self.delay)  # a slow table: concurrent readers overlap
+        return self.table.get_entity(partition_key, row_key)

@@ -101,7 +101,8 @@ class TableDirectory:
         try:
             entity = self._table.get_entity(PARTITION_KEY, customer_id)
         except ResourceNotFoundError as error:
-            if "TableNotFound" not in str(getattr(error, "error_code", "")):
+            code = getattr(error, "error_code", None)
+            if str(getattr(code, "value", code)) != "TableNotFound":  # an enum member, or a string
                 return self._keep(customer_id, _Entry(self._clock.now(), None))
             return self._failed(customer_id, "the table does not exist")
         except AzureError as error:
