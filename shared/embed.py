@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +30,8 @@ import requests
 from shared.cache import SharedStore, TieredCache
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
+from shared.customers.access import CustomerAccess
+from shared.customers.directory import Customer
 from shared.entra import EntraTokenProvider
 from shared.errors import ConfigurationError, InvalidRequest, NotAllowed
 from shared.http import HttpClient, call_context
@@ -56,22 +58,26 @@ class EmbedRequest:
     ids: tuple[str, ...]  # report ids (request order, no repeats); (dashboard,); (dashboard, tile); (dataset,)
     access_level: str = "View"
     identity: Identity | None = None
+    profile_id: str | None = None  # the service principal profile every Power BI call is made as
+    customer: str | None = None  # the customer's id (many customers), for the log
 
 
 @dataclass(frozen=True)
 class TokenKey:
     """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
-    and with the identity only when one of the token's datasets requires it (it is then the one sent)."""
+    and with the identity only when one of the token's datasets requires it (it is then the one sent). The
+    profile is part of it: a token minted as one profile is never handed out for another."""
 
     kind: Kind
     workspace_id: str
     ids: tuple[str, ...]  # sorted for several reports
     access_level: str
     identity: Identity | None
+    profile_id: str | None = None
 
     def text(self) -> str:
         identity = dataclasses.asdict(self.identity) if self.identity else None
-        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity]
+        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity, self.profile_id]
         return json.dumps(parts, separators=(",", ":"), sort_keys=True)
 
 
@@ -122,6 +128,26 @@ class Embed:
         }
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """What a request may reach: the customer's workspaces, items and profile, or the global settings'."""
+
+    default_workspace: str | None
+    workspaces: frozenset[str]
+    reports: frozenset[str] | None
+    dashboards: frozenset[str] | None
+    profile_id: str | None
+
+    @classmethod
+    def of(cls, customer: Customer) -> _Scope:
+        workspaces = frozenset(customer.workspaces)
+        return cls(customer.default_workspace, workspaces, customer.reports, customer.dashboards, customer.profile_id)
+
+    @classmethod
+    def of_settings(cls, s: Settings) -> _Scope:
+        return cls(s.workspace_id, s.allowed_workspaces, s.allowed_reports, s.allowed_dashboards, s.profile_id)
+
+
 class EmbedCodec:
     """Embed values as JSON-able dicts, for a shared cache level."""
 
@@ -150,9 +176,12 @@ class EmbedService:
         powerbi: PowerBIClient,
         clock: Clock = SYSTEM_CLOCK,
         store: SharedStore | None = None,
+        customers: CustomerAccess | None = None,
     ) -> None:
-        """``store``: an optional second cache level shared between workers, for tokens and the catalog."""
+        """``store``: an optional second cache level shared between workers, for tokens and the catalog;
+        ``customers``: the customer directory's access rule (None: one global scope, POWERBI_CUSTOMERS_SOURCE=none)."""
         self.settings = settings
+        self.customers = customers
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
@@ -192,7 +221,12 @@ class EmbedService:
             PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes, settings.profile_id),
             clock,
             store,
+            CustomerAccess.create(settings, clock),
         )
+
+    def customer_for(self, headers: Mapping[str, str]) -> Customer | None:
+        """The signed-in user's customer (401/403 before any Power BI call), or None without a directory."""
+        return self.customers.customer_for(headers) if self.customers is not None else None
 
     def embed(
         self,
@@ -201,11 +235,13 @@ class EmbedService:
         workspace_id: str | None = None,
         access_level: str | None = None,
         identity: Identity | None = None,
+        customer: Customer | None = None,
     ) -> Embed:
+        """``customer``: whose request it is (required with a customer directory)."""
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
-        request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
+        request = self._authorize(kind, raw_ids, workspace_id, access_level, identity, customer)
         with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
-            bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
+            bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS, request.profile_id)
             plan = self._plan(request, bearer)
             embed, outcome = self.embeds.get_or_load(
                 plan.key,
@@ -213,10 +249,11 @@ class EmbedService:
                 context.deadline.remaining,
             )
             logger.info(
-                "embed %s %s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
+                "embed %s %s customer=%s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
                 "request_ids=%s token_id=%s",
                 kind,
                 ",".join(request.ids),
+                request.customer or "-",
                 request.workspace_id,
                 request.access_level,
                 "yes" if plan.key.identity else "no",
@@ -238,9 +275,15 @@ class EmbedService:
         workspace_id: str | None,
         access_level: str | None,
         identity: Identity | None,
+        customer: Customer | None = None,
     ) -> EmbedRequest:
-        """Deny before any upstream call: bad ids and values, workspaces, items and access not allowed."""
+        """Deny before any upstream call: bad ids and values, workspaces, items and access not allowed.
+
+        With a customer directory the customer's workspaces, items and profile replace the global ones."""
         s = self.settings
+        scope = _Scope.of(customer) if customer is not None else _Scope.of_settings(s)
+        if customer is None and self.customers is not None:
+            raise ConfigurationError("The request has no customer.", cause="embed called without the customer")
         names = {"tile": ("dashboard", "tile"), "create": ("dataset",)}.get(kind, (kind.removesuffix("s"),))
         ids: list[str] = []
         for position, raw in enumerate(raw_ids):
@@ -256,21 +299,23 @@ class EmbedService:
             raise InvalidRequest("accessLevel must be View or Edit.")
         if level == "Edit" and kind not in ("report", "reports"):
             raise InvalidRequest("Only reports can be edited: accessLevel=Edit needs a report.")
-        workspace = s.workspace_id if workspace_id is None else parse_guid(workspace_id)
+        workspace = scope.default_workspace if workspace_id is None else parse_guid(workspace_id)
         if workspace is None:
             raise InvalidRequest("workspaceId is required." if workspace_id is None else "workspaceId must be a GUID.")
-        if workspace not in s.allowed_workspaces:
+        if workspace not in scope.workspaces:
             raise NotAllowed(f"Workspace {workspace} is not allowed.")
         # Reports answer to the report allow-list; a dashboard and its tiles to the dashboard's; a
         # dataset to be reported on (create) only to its workspace's.
-        allowed = s.allowed_reports if kind in ("report", "reports") else s.allowed_dashboards
+        allowed = scope.reports if kind in ("report", "reports") else scope.dashboards
         governed = [] if kind == "create" else ids if kind in ("report", "reports") else ids[:1]
         for item in governed:
             if allowed is not None and item not in allowed:
                 raise NotAllowed(f"The {names[0]} {item} is not allowed.")
         if (level == "Edit" or kind == "create") and not s.allow_edit:
             raise NotAllowed("Editing and creating reports is not allowed (POWERBI_ALLOW_EDIT is not true).")
-        return EmbedRequest(kind, workspace, tuple(ids), level, identity)
+        return EmbedRequest(
+            kind, workspace, tuple(ids), level, identity, scope.profile_id, customer.id if customer else None
+        )
 
     def _plan(self, request: EmbedRequest, bearer: Bearer) -> Plan:
         """Items, datasets and identity from the catalog (a 404 for an id it does not hold), and the key."""
@@ -295,7 +340,7 @@ class EmbedService:
         identity = self._identity(behind, models, request.identity)
         key_ids = tuple(sorted(ids)) if request.kind == "reports" else ids
         key_identity = request.identity if identity else None
-        key = TokenKey(request.kind, ws, key_ids, request.access_level, key_identity)
+        key = TokenKey(request.kind, ws, key_ids, request.access_level, key_identity, request.profile_id)
         read_only = tuple(sorted({m.id for found in models.values() for m in found}))
         token_request = TokenRequest(
             items, request.access_level == "Edit", create_on, (identity,) if identity else (), read_only
@@ -332,5 +377,6 @@ class EmbedService:
         )
 
     def _mint(self, bearer: Bearer, kind: Kind, request: TokenRequest) -> Embed:
-        token = bearer.call(lambda access: self.powerbi.generate_token(access, request))
+        powerbi = self.powerbi.for_profile(bearer.profile_id)
+        token = bearer.call(lambda access: powerbi.generate_token(access, request))
         return Embed(kind, request.items, token, request.create_on)

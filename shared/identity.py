@@ -66,6 +66,21 @@ def identity_for(headers: Mapping[str, str], settings: Settings) -> Identity | N
     """The caller's identity when row-level security takes it from the principal, else None."""
     if settings.rls_username_source == "none":
         return None
+    principal = trusted_principal(headers, settings)
+    if settings.rls_username_claim:
+        username = principal.claims.get(settings.rls_username_claim, "")
+    else:
+        username = principal.name
+    if not username:
+        raise Unauthenticated(_SIGN_IN)
+    check_username(username)
+    custom_data = principal.claims.get(settings.rls_custom_data_claim) if settings.rls_custom_data_claim else None
+    return Identity(username, roles_for(principal, settings), custom_data)
+
+
+def trusted_principal(headers: Mapping[str, str], settings: Settings) -> Principal:
+    """The signed-in principal, if the trust rules accept it: its provider is the pinned one and its tenant
+    one of the allowed; 401 otherwise (also when no one is signed in)."""
     lowered = {name.lower(): value for name, value in headers.items()}
     principal = read_principal(lowered)
     if principal is None:
@@ -82,15 +97,7 @@ def identity_for(headers: Mapping[str, str], settings: Settings) -> Identity | N
         if parse_guid(tenant) not in settings.rls_allowed_tenants:
             cause = "principal refused: its tid is not in POWERBI_RLS_ALLOWED_TENANTS"
             raise Unauthenticated(_NOT_ACCEPTED, cause=cause)
-    if settings.rls_username_claim:
-        username = principal.claims.get(settings.rls_username_claim, "")
-    else:
-        username = principal.name
-    if not username:
-        raise Unauthenticated(_SIGN_IN)
-    check_username(username)
-    custom_data = principal.claims.get(settings.rls_custom_data_claim) if settings.rls_custom_data_claim else None
-    return Identity(username, roles_for(principal, settings), custom_data)
+    return principal
 
 
 def check_username(username: str) -> None:

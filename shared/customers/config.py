@@ -78,6 +78,13 @@ def read_customers(reader: SettingsReader) -> CustomersSettings | None:
         for name in GLOBAL_SCOPE_SETTINGS
         if (reader.env.get(name) or "").strip()
     )
+    if (reader.env.get("WEBSITE_AUTH_ENABLED") or "").strip().lower() != "true":
+        # A customer is read from the principal headers, believed only when App Service Authentication sets
+        # them (it drops any a caller sends); without it, anyone could claim any customer.
+        reader.problems.append(
+            f"POWERBI_CUSTOMERS_SOURCE={source} needs App Service Authentication: turn it on for the function "
+            "app, or link it to a Static Web App (either sets WEBSITE_AUTH_ENABLED=True)"
+        )
     customer_from = _customer_from(reader)
     ttl = reader.number("POWERBI_CUSTOMERS_TTL_SECONDS", DEFAULT_TTL_SECONDS, 1, 24 * 3600)
     ttl_seconds = float(DEFAULT_TTL_SECONDS if ttl is None else ttl)

@@ -17,10 +17,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.settings import parse_guid
+from shared.settings import Settings, parse_guid
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
+
+    from shared.customers.config import CustomersSettings
 
 PARTITION_KEY = "customer"
 MAX_ID_LENGTH = 256
@@ -179,11 +181,13 @@ class TableConnection:
     client_id: str | None = None
 
 
-def table_client(settings: Any) -> TableClient:
-    """The customers table: ``settings`` is the customers concern (``table``, ``connection``), or the whole
-    settings carrying it as ``customers``."""
-    concern = getattr(settings, "customers", settings)
-    connection: TableConnection = concern.connection
+def table_client(settings: Settings | CustomersSettings) -> TableClient:
+    """The customers table of the settings (the whole settings, or their customers concern) with the table
+    source; a ValueError without it."""
+    concern = settings.customers if isinstance(settings, Settings) else settings
+    if concern is None or concern.source != "table" or concern.connection is None:
+        raise ValueError("the customers table needs POWERBI_CUSTOMERS_SOURCE=table and its connection")
+    connection = concern.connection
     from azure.data.tables import TableClient  # only when the table source is configured
 
     options: dict[str, Any] = {
