@@ -8,16 +8,21 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.data.tables import TableClient
 
 from emulator import CAPACITY_ID, CLIENT_ID, MANAGED_IDENTITY_CLIENT_ID, TENANT_ID, USERNAME, WORKSPACE_ID, FakeUpstream
 from emulator import catalog as cat
 from shared.customers.__main__ import main
+from shared.customers.directory import Customer
+from tests.azurite import ACCOUNT_KEY, AzuriteTables
 from tests.conftest import PASSWORD, SECRET, FakeClock
+from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE_HEADER = "x-powerbi-profile-id"
@@ -280,3 +285,66 @@ def test_as_a_subprocess(fake: FakeUpstream, tmp_path: Path) -> None:
         [sys.executable, "-m", "shared.customers", "add"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert usage.returncode == 2 and "the following arguments are required" in usage.stderr
+
+
+# --- the table source, against a real Azurite ------------------------------------------------------------
+
+
+def table_settings(fake: FakeUpstream, azurite: AzuriteTables, table: str) -> dict[str, str]:
+    return service_principal(fake) | {
+        "POWERBI_CUSTOMERS_SOURCE": "table",
+        "POWERBI_CUSTOMER_FROM": "claim:tid",
+        "POWERBI_CUSTOMERS_TABLE": table,
+        "POWERBI_CUSTOMERS_CONNECTION": "CustomersStorage",
+        "CustomersStorage": azurite.connection_string,
+    }
+
+
+def test_the_table_source_is_written_listed_checked_and_emptied(
+    fake: FakeUpstream, azurite: AzuriteTables, tmp_path: Path
+) -> None:
+    table = f"t{uuid.uuid4().hex[:12]}"
+    env = table_settings(fake, azurite, table)
+    status, text = run(env, tmp_path, "add", "Contoso", "--name", "Contoso", "--capacity", CAPACITY_ID)
+    assert status == 0 and f"done  added customer contoso in the table {table}" in text, text
+    [profile] = fake.profiles.values()
+    client = TableClient.from_connection_string(azurite.connection_string, table)
+    entity = client.get_entity("customer", "contoso")
+    workspace = next(ws for ws in fake.catalog["workspaces"] if ws["name"] == "Contoso")
+    assert (entity["ProfileId"], entity["Workspaces"], entity["DisplayName"]) == (
+        profile["id"],
+        workspace["id"],
+        "Contoso",
+    )
+    assert Customer.from_entity(entity).profile_id == profile["id"]
+
+    status, again = run(env, tmp_path, "add", "Contoso", "--name", "Contoso", "--capacity", CAPACITY_ID)
+    assert status == 0 and "nothing changed" in again and f"ok    customer contoso is in the table {table}" in again
+
+    # An entry someone added by hand keeps its allow-list when the command runs again.
+    report = str(uuid.uuid4())
+    client.upsert_entity(entity | {"Reports": report})
+    status, text = run(env, tmp_path, "add", "Contoso", "--name", "Contoso")
+    assert status == 0 and "nothing changed" in text
+    assert client.get_entity("customer", "contoso")["Reports"] == report
+
+    client.upsert_entity({"PartitionKey": "customer", "RowKey": "broken", "Workspaces": "not-a-guid"})
+    status, text = run(env, tmp_path, "list")
+    assert status == 1 and f"2 customer(s) in the table {table}" in text and "INVALID broken" in text
+    status, text = run(env, tmp_path, "check", "contoso")
+    assert status == 0 and "visible (Contoso)" in text
+    client.delete_entity("customer", "broken")
+
+    status, text = run(env, tmp_path, "remove", "contoso", "--delete-workspace")
+    assert status == 0 and f"removed customer contoso from the table {table}" in text, text
+    assert list(client.list_entities()) == [] and fake.profiles == {}
+
+
+def test_an_unreachable_table_is_a_failure_that_names_no_key(
+    fake: FakeUpstream, azurite: AzuriteTables, tmp_path: Path
+) -> None:
+    env = table_settings(fake, azurite, "customers")
+    env["CustomersStorage"] = azurite.connection_string.replace(str(azurite.port), str(free_port()))
+    status, text = run(env, tmp_path, "add", "c1", "--name", "C1")
+    assert status == 1 and "The customers table customers could not be read" in text
+    assert ACCOUNT_KEY not in text and not pbi_calls(fake)
