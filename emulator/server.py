@@ -363,11 +363,22 @@ class FakeUpstream:
                 self.client_certificates.setdefault(client_id, []).append(certificate.cert_pem)
         return certificate
 
-    def add_profile(self, display_name: str, owner: str = CLIENT_ID) -> str:
-        """A service principal profile of the app ``owner`` (a client id), as Create Profile makes one; its id."""
-        profile_id = str(uuid.uuid4())
+    def add_profile(
+        self,
+        display_name: str,
+        owner: str = CLIENT_ID,
+        *,
+        profile_id: str | None = None,
+        workspaces: Iterable[str] = (),
+        role: str = "Admin",
+    ) -> str:
+        """A service principal profile of the app ``owner`` (a client id), as Create Profile makes one (with
+        ``profile_id`` if given), made ``role`` in each of ``workspaces``; its id."""
+        profile_id = (profile_id or str(uuid.uuid4())).lower()
         with self._lock:
             self.profiles[profile_id] = {"id": profile_id, "displayName": display_name, "owner": owner}
+            for workspace_id in workspaces:
+                cat.set_member(self.catalog, workspace_id, profile_id, role)
         return profile_id
 
     def set_member(self, workspace_id: str, principal: str, role: str | None) -> None:

@@ -206,3 +206,12 @@ def test_callers_without_a_profile_are_served_as_before(fake: FakeUpstream) -> N
     fake.reset()  # profiles, imports and the workspaces they made are forgotten
     assert fake.profiles == {} and fake.imports == {} and fake.capacities == {CAPACITY_ID}
     assert CLIENT_ID in {p.lower() for p in fake.catalog["workspaces"][0]["members"]}
+
+
+def test_a_profile_can_be_made_a_member_of_existing_workspaces(fake: FakeUpstream) -> None:
+    """What a test of the embed path sets up: a known profile id, Admin of a catalogue workspace."""
+    profile = fake.add_profile("Contoso", profile_id="A0A0A0A0-1111-4111-8111-000000000001", workspaces=[WORKSPACE_ID])
+    assert profile == "a0a0a0a0-1111-4111-8111-000000000001"
+    auth = as_profile(app_auth(fake), profile.upper())
+    assert call(fake, "GET", auth, f"/groups/{WORKSPACE_ID}/reports/{REPORT_ID}").status_code == 200
+    assert [g["id"] for g in call(fake, "GET", auth, "/groups").json()["value"]] == [WORKSPACE_ID]
