@@ -32,7 +32,7 @@ from shared.customers.store import Invalid, SettingStore, Store, TableStore, ope
 from shared.doctor import load_env
 from shared.entra import EntraTokenProvider
 from shared.errors import ConfigurationError, EmbedError
-from shared.http import HttpClient
+from shared.http import HttpClient, new_session
 from shared.settings import Settings, parse_guid
 
 PROFILE_MODES = ("ServicePrincipal", "ManagedIdentity")
@@ -174,6 +174,7 @@ def main(
             file=out,
         )
         return 2
+    session = session or new_session()  # one connection pool for Entra ID and Power BI
     tokens = EntraTokenProvider(settings, HttpClient(session, clock), clock)
     onboarder = Onboarder(PowerBIAdmin(settings.api_url, session, tokens, clock), store, out, clock)
     try:
