@@ -73,11 +73,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def load(values: Mapping[str, str]) -> tuple[Settings, Store]:
     """The function's settings and its customer directory (ConfigurationError names what is wrong)."""
+    # The platform sets WEBSITE_AUTH_ENABLED for the function, which believes signed-in principals only
+    # behind it; the command serves no request and reads no principal, so it runs without it.
+    values = {**values, "WEBSITE_AUTH_ENABLED": "True"}
     source = (values.get("POWERBI_CUSTOMERS_SOURCE") or "none").strip().lower()
     if source == "table" or (source == "setting" and (values.get("POWERBI_CUSTOMERS") or "").strip()):
-        # The platform sets WEBSITE_AUTH_ENABLED for the function, which believes signed-in principals only
-        # behind it; the command serves no request and reads no principal, so it runs without it.
-        settings = Settings.from_env({**values, "WEBSITE_AUTH_ENABLED": "True"})
+        settings = Settings.from_env(values)
         customers = settings.customers
         if customers is None:  # not reached: a source was read
             raise ConfigurationError("POWERBI_CUSTOMERS_SOURCE is not set")
