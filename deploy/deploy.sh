@@ -22,7 +22,7 @@ DOCTOR=false
 REDIS=false
 # Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
 # more threads than the default min(32, CPUs + 4) (6 on 2 cores); 32 is the most the Python
-# worker allows. Measured: benchmarks/bench_fleet.py, README "Past one machine".
+# worker allows. Measured: benchmarks/bench_fleet.py, docs/architecture.md "The thread pool".
 readonly THREAD_COUNT=32
 
 usage() {
@@ -45,7 +45,7 @@ Inputs are environment variables (the flags above set the first six):
                       ('*' only together with ALLOW_ANY_ORIGIN=true)
   KEY_VAULT_NAME      optional; default <APP_NAME>-kv (3-24 letters, digits, hyphens)
   STORAGE_ACCOUNT     optional; default <app name letters and digits>st (3-24 lowercase, digits)
-  POWERBI_*           the function's settings (see README): each one set becomes an app
+  POWERBI_*           the function's settings (docs/settings.md): each one set becomes an app
                       setting; unset ones are left as they are in Azure. Skipped, with a
                       note: a name the function does not read, a ..._PATH (a file here; a
                       certificate file goes to Key Vault instead) and a loopback or

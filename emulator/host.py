@@ -376,7 +376,7 @@ as with `func start`.
 
 This is a stand-in for machines without Azure Functions Core Tools (and for the tests). It never
 replaces `func start`, which runs the real host and Python worker: use that wherever Core Tools
-can be installed, and deploy with Core Tools or your pipeline as the README says."""
+can be installed, and deploy with Core Tools or your pipeline as docs/deploying.md says."""
 
 _EPILOG = """\
 Without local.settings.json (or with --emulator) it uses emulator/profile.json, whose values point the

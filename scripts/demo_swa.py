@@ -81,7 +81,7 @@ The SWA demo is running. Ctrl-C stops it.
   function   http://127.0.0.1:{HOST_PORT}/api    (RLS from the SWA principal; WEBSITE_AUTH_ENABLED=true, LOCAL ONLY)
   emulator   https://localhost:{EMULATOR_PORT}
 
-The emulated sign-in page loads jQuery from a CDN; offline, its form does nothing (see the README).
+The emulated sign-in page loads jQuery from a CDN; offline, its form does nothing (see docs/static-web-apps.md).
 """
 
 
