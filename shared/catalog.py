@@ -38,7 +38,7 @@ ListingKind = Literal["reports", "dashboards", "datasets", "tiles", "datasources
 MAX_LISTINGS = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListingKey:
     """Which list call: (kind, workspace, the dashboard or report it belongs to), and the service principal
     profile it is made as ("" for the app itself): what one profile may see is never served to another."""
@@ -52,7 +52,7 @@ class ListingKey:
         return f"{self.kind}:{self.workspace_id}:{self.parent}:{self.profile}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Listing:
     """One list call's answer, as far as embedding needs it, and when it was read (epoch seconds)."""
 

@@ -49,7 +49,7 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 ENTRA_MARGIN_SECONDS = 120
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EmbedRequest:
     """What a caller may have, once policy has allowed it."""
 
@@ -62,7 +62,7 @@ class EmbedRequest:
     customer: str | None = None  # the customer's id (many customers), for the log
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenKey:
     """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
     and with the identity only when one of the token's datasets requires it (it is then the one sent). The
@@ -81,7 +81,7 @@ class TokenKey:
         return json.dumps(parts, separators=(",", ":"), sort_keys=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """What one token is for: its cache key and the GenerateToken it takes on a miss."""
 
@@ -89,7 +89,7 @@ class Plan:
     request: TokenRequest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Embed:
     kind: Kind
     items: tuple[Item, ...]
@@ -128,7 +128,7 @@ class Embed:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Scope:
     """What a request may reach: the customer's workspaces, items and profile, or the global settings'."""
 

@@ -43,7 +43,7 @@ _SIGN_IN = "Sign in first: this function issues tokens only to signed-in users."
 _NOT_ACCEPTED = "This sign-in is not accepted here: sign in with the organisation's account."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """An effective identity for Power BI: who, in which roles, with what custom data."""
 

@@ -50,7 +50,7 @@ def _guids(name: str, values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(parsed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Customer:
     """One customer; constructing it validates it (ValueError says what is wrong) and canonicalises it."""
 
