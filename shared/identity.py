@@ -15,7 +15,8 @@ drops any a caller sends, and linking the app to a Static Web App turns it on wi
 identity provider that accepts only requests the site forwards. Nothing else in a request
 (query, body, other headers) is read. The principal's identity provider must be the one
 pinned by ``POWERBI_RLS_IDENTITY_PROVIDER``, and its ``tid`` one of
-``POWERBI_RLS_ALLOWED_TENANTS`` when that is set.
+``POWERBI_RLS_ALLOWED_TENANTS`` when that is set. The customer directory
+(``shared.customers.access``) reads the signed-in user's customer from the same trusted principal.
 """
 
 from __future__ import annotations
