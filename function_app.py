@@ -61,7 +61,7 @@ def use_session(session: requests.Session | None) -> None:
 def details() -> bool:
     """Do error answers carry the detailed message? Asked only when there is an error to answer."""
     current = _service
-    return current.settings.error_details if current is not None else error_details(os.environ)
+    return current.settings.policy.error_details if current is not None else error_details(os.environ)
 
 
 def _embed(req: func.HttpRequest, context: func.Context, kind: Kind, ids: str | list[str]) -> func.HttpResponse:
@@ -117,9 +117,11 @@ def health(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
         if details():
             body["problems"] = list(error.problems)
         return json_response(body, 500)
-    if not settings.error_details:
+    if not settings.policy.error_details:
         return json_response({"status": "ok"})
-    return json_response({"status": "ok", "authMode": settings.auth_mode, "clientType": settings.client_type})
+    return json_response(
+        {"status": "ok", "authMode": settings.sign_in.mode, "clientType": settings.sign_in.client_type}
+    )
 
 
 @app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

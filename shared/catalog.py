@@ -12,6 +12,9 @@ once per POWERBI_CATALOG_REFRESH_SECONDS (a report published a minute ago works,
 ids costs nothing more). Concurrent reads of one listing share one call. A listing that cannot be
 read raises Power BI's answer and is not kept, so it is never cached as empty.
 
+Each listing is read, and kept, as the request's service principal profile (``Bearer.profile_id``; the
+app itself when none): the profile is part of the key, so what one profile reads is never served to another.
+
 A report's dataset may live in another workspace (``datasetWorkspaceId``): that workspace's
 datasets list is read (only its datasets, one call, cached alike). A paginated report's semantic
 model is looked for in the report's workspace, else read by id (Datasets - Get Dataset).
@@ -38,7 +41,7 @@ ListingKind = Literal["reports", "dashboards", "datasets", "tiles", "datasources
 MAX_LISTINGS = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListingKey:
     """Which list call: (kind, workspace, the dashboard or report it belongs to), and the service principal
     profile it is made as ("" for the app itself): what one profile may see is never served to another."""
@@ -52,7 +55,7 @@ class ListingKey:
         return f"{self.kind}:{self.workspace_id}:{self.parent}:{self.profile}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Listing:
     """One list call's answer, as far as embedding needs it, and when it was read (epoch seconds)."""
 

@@ -29,7 +29,7 @@ from shared.embed import EmbedService, Kind
 from shared.entra import AccessToken
 from shared.errors import ConfigurationError, EmbedError, Throttled
 from shared.http import call_context
-from shared.settings import KEY_VAULT_REFERENCE, SECRET_SETTINGS, SETTING_NAMES, Settings
+from shared.settings import KEY_VAULT_REFERENCE, SECRET_SETTINGS, SETTING_NAMES, Settings, ignored_settings
 
 DEADLINE_SECONDS = 60.0  # a person is waiting, but the doctor makes many calls
 _PLACEHOLDER_WORKSPACE = "00000000-0000-0000-0000-000000000000"
@@ -97,11 +97,18 @@ def check_settings(loaded: Loaded, report: Report, listing: bool = False) -> Set
     env = loaded.values
     report.section(f"Settings (from {loaded.description})")
     unset = []
+    ignored = ignored_settings(env)
     for name in SETTING_NAMES:
         value = env.get(name, "").strip()
         origin = loaded.origins.get(name, ENVIRONMENT)
         if not value:
             unset.append(name)
+        elif KEY_VAULT_REFERENCE.match(value) and name in ignored:
+            # Not read in this sign-in mode, so not an error; but it would fail once the mode changes.
+            report.warn(
+                f"{name}: an unresolved Key Vault reference (from {origin}), not used by this POWERBI_AUTH_MODE",
+                "remove the setting, or give the app's managed identity 'Key Vault Secrets User' on the vault",
+            )
         elif KEY_VAULT_REFERENCE.match(value):
             report.fail(
                 f"{name}: an unresolved Key Vault reference (from {origin})",
@@ -120,7 +127,7 @@ def check_settings(loaded: Loaded, report: Report, listing: bool = False) -> Set
         for problem in error.message.split(": ", 1)[-1].rstrip(".").split("; "):
             report.fail(problem)
         return None
-    report.ok(f"complete: {settings.auth_mode} ({settings.client_type}), cloud {settings.cloud}")
+    report.ok(f"complete: {settings.sign_in.mode} ({settings.sign_in.client_type}), cloud {settings.sign_in.cloud}")
     return settings
 
 
@@ -149,16 +156,18 @@ def check_shared_cache(settings: Settings, report: Report) -> None:
 
 
 def identity(settings: Settings) -> str:
-    if settings.auth_mode == "MasterUser":
-        return f"master user {settings.username}"
-    if settings.auth_mode == "ServicePrincipal":
-        return f"service principal {settings.client_id}"
-    return f"managed identity {settings.managed_identity_client_id or '(system-assigned)'}"
+    if settings.sign_in.mode == "MasterUser":
+        return f"master user {settings.sign_in.username}"
+    if settings.sign_in.mode == "ServicePrincipal":
+        return f"service principal {settings.sign_in.client_id}"
+    return f"managed identity {settings.sign_in.managed_identity_client_id or '(system-assigned)'}"
 
 
 def check_sign_in(service: EmbedService, report: Report) -> AccessToken | None:
     settings = service.settings
-    report.section(f"Sign-in ({settings.authority if settings.auth_mode != 'ManagedIdentity' else 'managed identity'})")
+    report.section(
+        f"Sign-in ({settings.sign_in.authority if settings.sign_in.mode != 'ManagedIdentity' else 'managed identity'})"
+    )
     try:
         token = service.tokens.token(0)
     except EmbedError as error:
@@ -192,7 +201,7 @@ def list_everything(service: EmbedService, token: AccessToken, report: Report) -
 
 def check_power_bi(service: EmbedService, token: AccessToken, report: Report) -> bool:
     settings, powerbi = service.settings, service.powerbi
-    report.section(f"Power BI ({settings.api_url})")
+    report.section(f"Power BI ({settings.powerbi.api_url})")
     try:
         visible = {w["id"].lower(): w for w in powerbi.get(token.value, "/groups")["value"]}
     except EmbedError as error:
@@ -200,7 +209,7 @@ def check_power_bi(service: EmbedService, token: AccessToken, report: Report) ->
         return False
     report.ok(f"{len(visible)} workspace(s) visible to the {identity(settings)}")
     missing = False
-    for workspace_id in sorted(settings.allowed_workspaces):
+    for workspace_id in sorted(settings.policy.allowed_workspaces):
         workspace = visible.get(workspace_id)
         if workspace is None:
             missing = True
@@ -254,7 +263,11 @@ def check_power_bi_or_customers(
 def role(service: EmbedService, token: AccessToken, workspace_id: str) -> str:
     """The identity's role in the workspace, when Power BI lets us read the member list."""
     settings = service.settings
-    names = {n.lower() for n in (settings.username, settings.client_id, settings.managed_identity_client_id) if n}
+    names = {
+        n.lower()
+        for n in (settings.sign_in.username, settings.sign_in.client_id, settings.sign_in.managed_identity_client_id)
+        if n
+    }
     try:
         users = service.powerbi.get(token.value, f"/groups/{workspace_id}/users")["value"]
     except EmbedError:
@@ -268,11 +281,11 @@ def role(service: EmbedService, token: AccessToken, workspace_id: str) -> str:
 def allowed_items(service: EmbedService, token: AccessToken, report: Report) -> list[tuple[Kind, str, str]]:
     """The allow-listed items, or, without allow-lists, those in the default workspace."""
     settings = service.settings
-    workspace = settings.workspace_id or sorted(settings.allowed_workspaces)[0]
+    workspace = settings.policy.workspace_id or sorted(settings.policy.allowed_workspaces)[0]
     items: list[tuple[Kind, str, str]] = []
     lists: list[tuple[Kind, frozenset[str] | None]] = [
-        ("report", settings.allowed_reports),
-        ("dashboard", settings.allowed_dashboards),
+        ("report", settings.policy.allowed_reports),
+        ("dashboard", settings.policy.allowed_dashboards),
     ]
     for kind, allowed in lists:
         if allowed is not None:
@@ -304,7 +317,7 @@ def explain(error: EmbedError, settings: Settings) -> str:
     # "shared capacity", so match the words as well as a code that names a quota.
     if upstream.status == 403 and any(word in text for word in ("quota", "exceeded", "shared capacity")):
         return "the trial embed tokens are used up: assign the workspace to a capacity (A, EM, P or F SKU)"
-    if upstream.status == 401 and settings.auth_mode != "MasterUser":
+    if upstream.status == 401 and settings.sign_in.mode != "MasterUser":
         return (
             "allow service principals in the Power BI admin portal (Tenant settings → Developer settings → "
             "'Service principals can use Fabric APIs', for a security group holding this identity), and add "

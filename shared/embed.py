@@ -49,7 +49,7 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 ENTRA_MARGIN_SECONDS = 120
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EmbedRequest:
     """What a caller may have, once policy has allowed it."""
 
@@ -62,7 +62,7 @@ class EmbedRequest:
     customer: str | None = None  # the customer's id (many customers), for the log
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenKey:
     """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
     and with the identity only when one of the token's datasets requires it (it is then the one sent). The
@@ -81,7 +81,7 @@ class TokenKey:
         return json.dumps(parts, separators=(",", ":"), sort_keys=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """What one token is for: its cache key and the GenerateToken it takes on a miss."""
 
@@ -89,7 +89,7 @@ class Plan:
     request: TokenRequest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Embed:
     kind: Kind
     items: tuple[Item, ...]
@@ -128,7 +128,7 @@ class Embed:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Scope:
     """What a request may reach: the customer's workspaces, items and profile, or the global settings'."""
 
@@ -145,7 +145,8 @@ class _Scope:
 
     @classmethod
     def of_settings(cls, s: Settings) -> _Scope:
-        return cls(s.workspace_id, s.allowed_workspaces, s.allowed_reports, s.allowed_dashboards, s.profile_id)
+        p = s.policy
+        return cls(p.workspace_id, p.allowed_workspaces, p.allowed_reports, p.allowed_dashboards, s.sign_in.profile_id)
 
 
 class EmbedCodec:
@@ -185,14 +186,18 @@ class EmbedService:
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
-        self._min_seconds = settings.min_token_minutes * 60
+        self._min_seconds = settings.policy.min_token_minutes * 60
         self.catalog = Catalog(
-            powerbi, settings.catalog_ttl_seconds, settings.catalog_refresh_seconds, clock=clock, store=store
+            powerbi,
+            settings.caches.catalog_ttl_seconds,
+            settings.caches.catalog_refresh_seconds,
+            clock=clock,
+            store=store,
         )
         # A token is kept while it can still be handed out with the minimum life left.
         self.embeds: TieredCache[TokenKey, Embed] = TieredCache(
             "embed",
-            settings.cache_max_tokens,
+            settings.caches.max_tokens,
             lambda embed: embed.token.expires_at - self._min_seconds,
             clock=clock,
             store=store,
@@ -218,7 +223,9 @@ class EmbedService:
         return cls(
             settings,
             EntraTokenProvider(settings, http, clock),
-            PowerBIClient(settings.api_url, http, settings.token_lifetime_minutes, settings.profile_id),
+            PowerBIClient(
+                settings.powerbi.api_url, http, settings.policy.token_lifetime_minutes, settings.sign_in.profile_id
+            ),
             clock,
             store,
             CustomerAccess.create(settings, clock),
@@ -240,7 +247,7 @@ class EmbedService:
         """``customer``: whose request it is (required with a customer directory)."""
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity, customer)
-        with call_context(Deadline.after(self.clock, self.settings.deadline_seconds)) as context:
+        with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
             bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS, request.profile_id)
             plan = self._plan(request, bearer)
             embed, outcome = self.embeds.get_or_load(
@@ -311,7 +318,7 @@ class EmbedService:
         for item in governed:
             if allowed is not None and item not in allowed:
                 raise NotAllowed(f"The {names[0]} {item} is not allowed.")
-        if (level == "Edit" or kind == "create") and not s.allow_edit:
+        if (level == "Edit" or kind == "create") and not s.policy.allow_edit:
             raise NotAllowed("Editing and creating reports is not allowed (POWERBI_ALLOW_EDIT is not true).")
         return EmbedRequest(
             kind, workspace, tuple(ids), level, identity, scope.profile_id, customer.id if customer else None
@@ -363,7 +370,7 @@ class EmbedService:
                 "identity is sent."
             )
         if any(d.roles_required for d in needing) and not identity.roles:
-            if self.settings.rls_roles_source == "principal":
+            if self.settings.rls.roles_source == "principal":
                 # The user's own roles were all outside POWERBI_RLS_ALLOWED_ROLES: their account, not the
                 # configuration, is what lacks a role for this data.
                 raise NotAllowed(

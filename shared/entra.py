@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -136,12 +135,12 @@ class EntraTokenProvider:
         self._app: msal.ClientApplication | msal.ManagedIdentityClient | None = None
         self._lock = threading.Lock()
         # Everything the process holds that could sign in, kept out of every log line.
-        certificate = settings.client_certificate
+        certificate = settings.sign_in.client_certificate
         for secret in (
-            settings.password,
-            settings.client_secret,
+            settings.sign_in.password,
+            settings.sign_in.client_secret,
             certificate.private_key if certificate else None,
-            os.environ.get("IDENTITY_HEADER") if settings.auth_mode == "ManagedIdentity" else None,
+            settings.sign_in.identity_header,
         ):
             register_secret(secret, lasting=True)
 
@@ -175,56 +174,60 @@ class EntraTokenProvider:
     def _application(self) -> msal.ClientApplication | msal.ManagedIdentityClient:
         if self._app is None:
             s = self.settings
-            if s.auth_mode == "ManagedIdentity":
+            if s.sign_in.mode == "ManagedIdentity":
                 # App Service and Functions expose IDENTITY_ENDPOINT and IDENTITY_HEADER; MSAL reads them.
                 identity = (
-                    msal.UserAssignedManagedIdentity(client_id=s.managed_identity_client_id)
-                    if s.managed_identity_client_id
+                    msal.UserAssignedManagedIdentity(client_id=s.sign_in.managed_identity_client_id)
+                    if s.sign_in.managed_identity_client_id
                     else msal.SystemAssignedManagedIdentity()
                 )
                 self._app = msal.ManagedIdentityClient(identity, http_client=self._http, token_cache=self._cache)
                 return self._app
             common: dict[str, Any] = {
-                "authority": s.authority,
+                "authority": s.sign_in.authority,
                 "instance_discovery": False,
                 "http_client": self._http,
                 "token_cache": self._cache,
             }
-            credential: str | dict[str, str] | None = s.client_secret
-            if s.client_certificate:
+            credential: str | dict[str, str] | None = s.sign_in.client_secret
+            if s.sign_in.client_certificate:
                 # MSAL computes the thumbprint (SHA-256) from the certificate itself.
                 credential = {
-                    "private_key": s.client_certificate.private_key,
-                    "public_certificate": s.client_certificate.certificate,
+                    "private_key": s.sign_in.client_certificate.private_key,
+                    "public_certificate": s.sign_in.client_certificate.certificate,
                 }
             self._http.last = None
             try:
                 if credential:
-                    self._app = msal.ConfidentialClientApplication(s.client_id, client_credential=credential, **common)
+                    self._app = msal.ConfidentialClientApplication(
+                        s.sign_in.client_id, client_credential=credential, **common
+                    )
                 else:
                     logger.warning(
                         "POWERBI_CLIENT_SECRET is not set: signing in as a public client, which MSAL "
                         "deprecates for username and password; set a client secret to use a confidential client"
                     )
-                    self._app = msal.PublicClientApplication(s.client_id, **common)
+                    self._app = msal.PublicClientApplication(s.sign_in.client_id, **common)
             except _MSAL_FAILURES as exc:
-                raise self._failure(exc, f"OpenID configuration of {s.authority}") from exc
+                raise self._failure(exc, f"OpenID configuration of {s.sign_in.authority}") from exc
         return self._app
 
     def _acquire(self) -> AccessToken:
         s = self.settings
         app = self._application()
-        scopes = [s.scope]
+        scopes = [s.powerbi.scope]
         try:
             if isinstance(app, msal.ManagedIdentityClient):
-                result = app.acquire_token_for_client(resource=s.resource)  # looks in the cache first
-            elif s.auth_mode == "ServicePrincipal":
+                result = app.acquire_token_for_client(resource=s.powerbi.resource)  # looks in the cache first
+            elif s.sign_in.mode == "ServicePrincipal":
                 result = app.acquire_token_for_client(scopes)  # looks in the cache first
             else:
-                accounts = app.get_accounts(username=s.username)
+                accounts = app.get_accounts(username=s.sign_in.username)
                 result = app.acquire_token_silent(scopes, account=accounts[0]) if accounts else None
                 if not result:
-                    result = app.acquire_token_by_username_password(s.username, s.password, scopes=scopes)
+                    result = app.acquire_token_by_username_password(
+                        s.sign_in.username, s.sign_in.password, scopes=scopes
+                    )
         except _MSAL_FAILURES as exc:
             raise self._failure(exc, "token") from exc
         if "access_token" not in result:
@@ -268,7 +271,7 @@ class EntraTokenProvider:
                     if code
                     else "Entra ID's configuration could not be read: check POWERBI_AUTHORITY_HOST and "
                     "POWERBI_TENANT_ID.",
-                    cause=f"OpenID configuration of {self.settings.authority} unavailable: HTTP {last.status} "
+                    cause=f"OpenID configuration of {self.settings.sign_in.authority} unavailable: HTTP {last.status} "
                     f"{name}" + (f" AADSTS{code}" if code else ""),
                 )
         if isinstance(exc, ValueError | jwt.PyJWTError):

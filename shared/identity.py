@@ -15,7 +15,8 @@ drops any a caller sends, and linking the app to a Static Web App turns it on wi
 identity provider that accepts only requests the site forwards. Nothing else in a request
 (query, body, other headers) is read. The principal's identity provider must be the one
 pinned by ``POWERBI_RLS_IDENTITY_PROVIDER``, and its ``tid`` one of
-``POWERBI_RLS_ALLOWED_TENANTS`` when that is set.
+``POWERBI_RLS_ALLOWED_TENANTS`` when that is set. The customer directory
+(``shared.customers.access``) reads the signed-in user's customer from the same trusted principal.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _SIGN_IN = "Sign in first: this function issues tokens only to signed-in users."
 _NOT_ACCEPTED = "This sign-in is not accepted here: sign in with the organisation's account."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """An effective identity for Power BI: who, in which roles, with what custom data."""
 
@@ -64,37 +65,38 @@ class Principal:
 
 def identity_for(headers: Mapping[str, str], settings: Settings) -> Identity | None:
     """The caller's identity when row-level security takes it from the principal, else None."""
-    if settings.rls_username_source == "none":
+    if settings.rls.username_source == "none":
         return None
     principal = trusted_principal(headers, settings)
-    if settings.rls_username_claim:
-        username = principal.claims.get(settings.rls_username_claim, "")
+    if settings.rls.username_claim:
+        username = principal.claims.get(settings.rls.username_claim, "")
     else:
         username = principal.name
     if not username:
         raise Unauthenticated(_SIGN_IN)
     check_username(username)
-    custom_data = principal.claims.get(settings.rls_custom_data_claim) if settings.rls_custom_data_claim else None
+    custom_data = principal.claims.get(settings.rls.custom_data_claim) if settings.rls.custom_data_claim else None
     return Identity(username, roles_for(principal, settings), custom_data)
 
 
 def trusted_principal(headers: Mapping[str, str], settings: Settings) -> Principal:
     """The signed-in principal, if the trust rules accept it: its provider is the pinned one and its tenant
-    one of the allowed; 401 otherwise (also when no one is signed in)."""
+    one of the allowed; 401 otherwise (also when no one is signed in). Row-level security and the
+    customer directory (``shared.customers.access``) both read the principal through this."""
     lowered = {name.lower(): value for name, value in headers.items()}
     principal = read_principal(lowered)
     if principal is None:
         raise Unauthenticated(_SIGN_IN)
     # With several providers enabled, a GitHub or Google account could carry a victim's name.
-    if not principal.providers or any(p.lower() != settings.rls_identity_provider for p in principal.providers):
+    if not principal.providers or any(p.lower() != settings.rls.identity_provider for p in principal.providers):
         raise Unauthenticated(
             _NOT_ACCEPTED,
             cause=f"principal of provider {','.join(principal.providers) or '(none)'} refused: "
-            f"POWERBI_RLS_IDENTITY_PROVIDER is {settings.rls_identity_provider}",
+            f"POWERBI_RLS_IDENTITY_PROVIDER is {settings.rls.identity_provider}",
         )
-    if settings.rls_allowed_tenants is not None:
+    if settings.rls.allowed_tenants is not None:
         tenant = next((principal.claims[c] for c in TENANT_CLAIMS if c in principal.claims), "")
-        if parse_guid(tenant) not in settings.rls_allowed_tenants:
+        if parse_guid(tenant) not in settings.rls.allowed_tenants:
             cause = "principal refused: its tid is not in POWERBI_RLS_ALLOWED_TENANTS"
             raise Unauthenticated(_NOT_ACCEPTED, cause=cause)
     return principal
@@ -112,10 +114,10 @@ def check_username(username: str) -> None:
 
 def roles_for(principal: Principal, settings: Settings) -> tuple[str, ...]:
     """The roles to send: the setting's, or the principal's that POWERBI_RLS_ALLOWED_ROLES lists."""
-    if settings.rls_roles_source == "setting":
-        return settings.rls_roles
+    if settings.rls.roles_source == "setting":
+        return settings.rls.roles
     # A role outside the allow-list is dropped, never sent; sorted, so one set of roles is one cache key.
-    return tuple(sorted({r for r in principal.roles if r in settings.rls_allowed_roles}))
+    return tuple(sorted({r for r in principal.roles if r in settings.rls.allowed_roles}))
 
 
 def read_principal(headers: Mapping[str, str]) -> Principal | None:

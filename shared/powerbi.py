@@ -46,7 +46,7 @@ _REFUSAL_HINTS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """A report, dashboard or tile as far as embedding needs it."""
 
@@ -84,7 +84,7 @@ class Item:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dataset:
     id: str
     workspace_id: str
@@ -112,7 +112,7 @@ class Dataset:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EffectiveIdentity:
     """Row-level security for one token: who, in which roles, for which datasets (and paginated reports)."""
 
@@ -124,7 +124,7 @@ class EffectiveIdentity:
     reports: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenRequest:
     """What one GenerateToken call is for: items to view or edit, or a dataset to create a report on."""
 
@@ -136,7 +136,7 @@ class TokenRequest:
     read_only_xmla: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EmbedToken:
     token: str = field(repr=False)
     token_id: str

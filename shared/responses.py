@@ -6,7 +6,7 @@ carrying the full cause, the request id and Power BI's RequestId; nothing else a
 
 The answer's message tells strangers nothing: in production it is the code's generic message
 (``errors.PUBLIC_MESSAGES``); the detailed one (setting names, AADSTS code and hint, Power BI's
-status and RequestId) only with details on (``settings.error_details``). ``requestId`` is the
+status and RequestId) only with details on (``settings.policy.error_details``). ``requestId`` is the
 invocation id, which the log line carries too, so an operator can find the cause from an answer.
 """
 

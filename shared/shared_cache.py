@@ -22,7 +22,7 @@ a short fleet-wide lock (``SET NX PX``; released only by its owner, through a
 compare-and-delete script; expiring by itself if the owner dies), and the others wait
 within their deadline for the entry, then read it.
 
-Entra ID tokens are never put here: each process keeps them in MSAL's cache (see README).
+Entra ID tokens are never put here: each process keeps them in MSAL's cache (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -87,11 +87,13 @@ class _Unavailable(Exception):
 
 def namespace_material(settings: Settings) -> str:
     """What separates one app's entries from another's on a shared Redis."""
-    if settings.auth_mode == "ManagedIdentity":
-        who = f"managed-identity:{settings.managed_identity_client_id or 'system-assigned'}"
+    if settings.sign_in.mode == "ManagedIdentity":
+        who = f"managed-identity:{settings.sign_in.managed_identity_client_id or 'system-assigned'}"
     else:
-        who = f"client:{settings.client_id}"
-    return "\n".join((settings.api_url.lower(), settings.tenant_id.lower(), who, settings.profile_id or ""))
+        who = f"client:{settings.sign_in.client_id}"
+    return "\n".join(
+        (settings.powerbi.api_url.lower(), settings.sign_in.tenant_id.lower(), who, settings.sign_in.profile_id or "")
+    )
 
 
 class SharedCache:
@@ -466,12 +468,12 @@ def _entra_credentials(settings: Settings) -> Any:
     from redis_entraid.identity_provider import ManagedIdentityIdType, ManagedIdentityType
 
     config = TokenManagerConfig(0.7, 0, ENTRA_TOKEN_TIMEOUT_MS, RetryPolicy(2, 10))
-    if settings.managed_identity_client_id:
+    if settings.sign_in.managed_identity_client_id:
         return create_from_managed_identity(
             identity_type=ManagedIdentityType.USER_ASSIGNED,
             resource=REDIS_RESOURCE,
             id_type=ManagedIdentityIdType.CLIENT_ID,
-            id_value=settings.managed_identity_client_id,
+            id_value=settings.sign_in.managed_identity_client_id,
             token_manager_config=config,
         )
     return create_from_managed_identity(

@@ -35,6 +35,7 @@ from shared.customers.directory import Customer, table_client
 from shared.customers.table import MAX_CUSTOMERS, RETRY_AFTER_SECONDS, TableDirectory
 from shared.embed import EmbedService
 from shared.errors import ConfigurationError
+from shared.redact import redact
 from shared.settings import Settings
 from tests.azurite import AzuriteTables, CountingTable
 from tests.conftest import PASSWORD, FakeClock
@@ -226,6 +227,18 @@ def test_a_table_connection_is_read_the_way_azure_functions_reads_one(customers:
     assert concern is not None and concern.connection is not None
     assert concern.connection.connection_string == "UseDevelopmentStorage=true"
     assert table_client(concern).url.startswith("http://127.0.0.1:10002/devstoreaccount1")
+
+
+def test_the_table_account_key_never_reaches_a_log_line(customers: dict[str, str], azurite: AzuriteTables) -> None:
+    from tests.azurite import ACCOUNT_KEY
+
+    customers.update({"POWERBI_CUSTOMERS_SOURCE": "table", "AzureWebJobsStorage": azurite.connection_string})
+    concern = Settings.from_env(customers).customers
+    assert concern is not None
+    table_client(concern)
+
+    assert ACCOUNT_KEY not in redact(f"reading with key {ACCOUNT_KEY}")
+    assert azurite.connection_string not in redact(f"connection {azurite.connection_string}")
 
 
 def test_the_table_libraries_are_imported_only_with_the_table_source(customers: dict[str, str]) -> None:

@@ -209,3 +209,21 @@ def test_settings_that_cannot_work_fail_in_the_doctor(
     assert status == 1
     assert f"FAIL  {named}" in text
     assert fake.requests == []
+
+
+def test_a_key_vault_reference_the_sign_in_mode_does_not_use_is_a_warning(
+    fake: FakeUpstream, env: dict[str, str]
+) -> None:
+    # A service principal never reads the master user's password: the function works, the doctor warns.
+    env.update(
+        {
+            "POWERBI_AUTH_MODE": "ServicePrincipal",
+            "POWERBI_PASSWORD": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/pw/)",
+        }
+    )
+
+    status, text = run(env)
+
+    assert status == 0
+    assert "warn  POWERBI_PASSWORD: an unresolved Key Vault reference" in text
+    assert "FAIL" not in text

@@ -69,7 +69,8 @@ def test_an_unexpected_exception_is_logged_with_a_redacted_traceback(
     with_certificate = {**base, "POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_CLIENT_CERTIFICATE": certificate.pem}
     EntraTokenProvider(Settings.from_env(with_certificate), HttpClient(clock=clock), clock)
     monkeypatch.setenv("IDENTITY_HEADER", fake.identity_header)
-    managed = {**base, "POWERBI_AUTH_MODE": "ManagedIdentity"}
+    # The platform's variable reaches the settings with the rest of the environment.
+    managed = {**base, "POWERBI_AUTH_MODE": "ManagedIdentity", "IDENTITY_HEADER": fake.identity_header}
     EntraTokenProvider(Settings.from_env(managed), HttpClient(clock=clock), clock)
     key_line = certificate.key_pem.splitlines()[3]
     secrets = [SECRET, PASSWORD, certificate.key_pem, key_line, fake.identity_header]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -32,20 +33,24 @@ def problems(env: dict[str, str]) -> str:
 def test_master_user_defaults() -> None:
     s = Settings.from_env(MASTER_USER)
 
-    assert (s.auth_mode, s.tenant_id, s.client_type) == ("MasterUser", "organizations", "public")
-    assert s.authority == "https://login.microsoftonline.com/organizations"
-    assert s.api_url == "https://api.powerbi.com"
-    assert s.scope == "https://analysis.windows.net/powerbi/api/.default"
-    assert s.allowed_workspaces == {WORKSPACE}
-    assert (s.allowed_reports, s.allowed_dashboards, s.token_lifetime_minutes) == (None, None, None)
-    assert (s.min_token_minutes, s.deadline_seconds) == (10, 20.0)
+    assert (s.sign_in.mode, s.sign_in.tenant_id, s.sign_in.client_type) == ("MasterUser", "organizations", "public")
+    assert s.sign_in.authority == "https://login.microsoftonline.com/organizations"
+    assert s.powerbi.api_url == "https://api.powerbi.com"
+    assert s.powerbi.scope == "https://analysis.windows.net/powerbi/api/.default"
+    assert s.policy.allowed_workspaces == {WORKSPACE}
+    assert (s.policy.allowed_reports, s.policy.allowed_dashboards, s.policy.token_lifetime_minutes) == (
+        None,
+        None,
+        None,
+    )
+    assert (s.policy.min_token_minutes, s.policy.deadline_seconds) == (10, 20.0)
     assert "pw-value-7731" not in repr(s)
 
 
 def test_a_secret_makes_the_master_user_a_confidential_client() -> None:
     s = Settings.from_env({**MASTER_USER, "POWERBI_CLIENT_SECRET": "secret-4410"})
 
-    assert s.client_type == "confidential"
+    assert s.sign_in.client_type == "confidential"
     assert "secret-4410" not in repr(s)
 
 
@@ -58,7 +63,7 @@ def test_service_principal_requires_tenant_and_secret_but_no_user() -> None:
     assert "POWERBI_CLIENT_SECRET or POWERBI_CLIENT_CERTIFICATE(_PATH) is required" in message
     assert "POWERBI_USERNAME" not in message
     s = Settings.from_env({**env, "POWERBI_TENANT_ID": "contoso.onmicrosoft.com", "POWERBI_CLIENT_SECRET": "x"})
-    assert (s.auth_mode, s.username, s.password) == ("ServicePrincipal", None, None)
+    assert (s.sign_in.mode, s.sign_in.username, s.sign_in.password) == ("ServicePrincipal", None, None)
 
 
 def test_every_problem_is_named_at_once_and_no_value_is_shown() -> None:
@@ -90,7 +95,7 @@ def test_a_workspace_is_required() -> None:
     env = {k: v for k, v in MASTER_USER.items() if k != "POWERBI_WORKSPACE_ID"}
 
     assert "POWERBI_WORKSPACE_ID (or POWERBI_ALLOWED_WORKSPACES) is required" in problems(env)
-    assert Settings.from_env({**env, "POWERBI_ALLOWED_WORKSPACES": WORKSPACE}).workspace_id is None
+    assert Settings.from_env({**env, "POWERBI_ALLOWED_WORKSPACES": WORKSPACE}).policy.workspace_id is None
 
 
 def test_allow_lists_are_canonical_guids() -> None:
@@ -102,8 +107,8 @@ def test_allow_lists_are_canonical_guids() -> None:
         }
     )
 
-    assert s.allowed_workspaces == {WORKSPACE, OTHER}
-    assert s.allowed_reports == {OTHER}
+    assert s.policy.allowed_workspaces == {WORKSPACE, OTHER}
+    assert s.policy.allowed_reports == {OTHER}
 
 
 def test_the_default_workspace_must_be_allowed() -> None:
@@ -116,7 +121,70 @@ def test_a_lifetime_no_longer_than_the_minimum_is_refused() -> None:
     message = problems({**MASTER_USER, "POWERBI_TOKEN_LIFETIME_MINUTES": "10"})
 
     assert "POWERBI_TOKEN_LIFETIME_MINUTES must be greater than POWERBI_MIN_TOKEN_MINUTES" in message
-    assert Settings.from_env({**MASTER_USER, "POWERBI_TOKEN_LIFETIME_MINUTES": "11"}).token_lifetime_minutes == 11
+    assert (
+        Settings.from_env({**MASTER_USER, "POWERBI_TOKEN_LIFETIME_MINUTES": "11"}).policy.token_lifetime_minutes == 11
+    )
+
+
+def test_a_key_vault_reference_the_sign_in_mode_does_not_use_is_no_error() -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-5521.vault.azure.net/secrets/pw/)"
+    service_principal = {
+        "POWERBI_AUTH_MODE": "ServicePrincipal",
+        "POWERBI_TENANT_ID": "contoso.onmicrosoft.com",
+        "POWERBI_CLIENT_ID": CLIENT,
+        "POWERBI_CLIENT_SECRET": "secret-4410",
+        "POWERBI_WORKSPACE_ID": WORKSPACE,
+    }
+
+    s = Settings.from_env({**service_principal, "POWERBI_PASSWORD": reference, "POWERBI_USERNAME": reference})
+    assert (s.sign_in.username, s.sign_in.password) == (None, None)
+    managed = {"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_WORKSPACE_ID": WORKSPACE}
+    s = Settings.from_env({**managed, "POWERBI_CLIENT_SECRET": reference, "POWERBI_CLIENT_CERTIFICATE": reference})
+    assert (s.sign_in.client_secret, s.sign_in.client_certificate) == (None, None)
+    # A setting the mode does use still fails, naming the setting.
+    assert "POWERBI_CLIENT_SECRET is a Key Vault reference" in problems(
+        {**service_principal, "POWERBI_CLIENT_SECRET": reference}
+    )
+
+
+def test_a_secret_is_used_exactly_as_set() -> None:
+    s = Settings.from_env({**MASTER_USER, "POWERBI_PASSWORD": " pw 7731 ", "POWERBI_CLIENT_SECRET": "secret-4410\t "})
+
+    assert (s.sign_in.password, s.sign_in.client_secret) == (" pw 7731 ", "secret-4410\t ")
+
+
+def test_other_values_are_trimmed() -> None:
+    s = Settings.from_env(
+        {
+            **MASTER_USER,
+            "POWERBI_USERNAME": "  embed@contoso.com \n",
+            "POWERBI_WORKSPACE_ID": f" {WORKSPACE} ",
+            "POWERBI_CLIENT_ID": f"{CLIENT}\n",
+            "POWERBI_AUTH_MODE": " MasterUser ",
+            "POWERBI_RLS_ROLES": " Region , Manager ",
+        }
+    )
+
+    assert (s.sign_in.username, s.sign_in.client_id, s.sign_in.mode) == ("embed@contoso.com", CLIENT, "MasterUser")
+    assert (s.policy.workspace_id, s.rls.roles) == (WORKSPACE, ("Region", "Manager"))
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    """Every read goes through the one reader: elsewhere the environment is only passed to it."""
+    root = Path(__file__).resolve().parent.parent
+    reads = []
+    for path in [root / "function_app.py", *sorted((root / "shared").glob("*.py"))]:
+        if path.name == "settings.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            target = node.value if isinstance(node, (ast.Attribute, ast.Subscript)) else None
+            is_environ = isinstance(target, ast.Attribute) and target.attr == "environ"
+            if (is_environ and (isinstance(node, ast.Subscript) or getattr(node, "attr", "") != "environ")) or (
+                isinstance(node, ast.Attribute) and node.attr in ("getenv", "getenvb")
+            ):
+                reads.append(f"{path.name}:{node.lineno}")
+
+    assert reads == []
 
 
 @pytest.mark.parametrize(
@@ -152,8 +220,8 @@ def test_the_example_settings_file_lists_every_setting() -> None:
 def test_row_level_security_pins_entra_id_and_takes_roles_from_the_setting_by_default() -> None:
     s = Settings.from_env(MASTER_USER)
 
-    assert (s.rls_identity_provider, s.rls_allowed_tenants, s.rls_roles_source) == ("aad", None, "setting")
-    assert s.rls_allowed_roles == frozenset()
+    assert (s.rls.identity_provider, s.rls.allowed_tenants, s.rls.roles_source) == ("aad", None, "setting")
+    assert s.rls.allowed_roles == frozenset()
 
 
 def test_roles_from_the_principal_need_an_allow_list_and_a_principal() -> None:
@@ -173,7 +241,7 @@ def test_roles_from_the_principal_need_an_allow_list_and_a_principal() -> None:
             "WEBSITE_AUTH_ENABLED": "true",
         }
     )
-    assert (s.rls_roles_source, s.rls_allowed_roles) == ("principal", {"Region", "Manager"})
+    assert (s.rls.roles_source, s.rls.allowed_roles) == ("principal", {"Region", "Manager"})
 
 
 def test_bad_identity_settings_name_the_setting() -> None:
@@ -218,7 +286,7 @@ def test_token_minutes_that_leave_no_token_to_reuse_are_refused(values: dict[str
 def test_token_minutes_at_their_limits_are_accepted() -> None:
     s = Settings.from_env({**MASTER_USER, "POWERBI_MIN_TOKEN_MINUTES": "30", "POWERBI_TOKEN_LIFETIME_MINUTES": "60"})
 
-    assert (s.min_token_minutes, s.token_lifetime_minutes) == (30, 60)
+    assert (s.policy.min_token_minutes, s.policy.token_lifetime_minutes) == (30, 60)
 
 
 @pytest.mark.parametrize("tenant", ["", "organizations", "common", "Consumers"])
@@ -242,11 +310,11 @@ def test_a_managed_identity_refuses_a_tenant_alias(tenant: str) -> None:
     env = {"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_WORKSPACE_ID": WORKSPACE, "POWERBI_TENANT_ID": tenant}
 
     assert "POWERBI_TENANT_ID must name the tenant" in problems(env)
-    assert Settings.from_env({**env, "POWERBI_TENANT_ID": OTHER}).auth_mode == "ManagedIdentity"
+    assert Settings.from_env({**env, "POWERBI_TENANT_ID": OTHER}).sign_in.mode == "ManagedIdentity"
 
 
 def test_a_master_user_may_sign_in_through_organizations() -> None:
-    assert Settings.from_env({**MASTER_USER, "POWERBI_TENANT_ID": "organizations"}).tenant_id == "organizations"
+    assert Settings.from_env({**MASTER_USER, "POWERBI_TENANT_ID": "organizations"}).sign_in.tenant_id == "organizations"
 
 
 def test_health_names_a_setting_that_cannot_work(call: Callable[..., Any], env: dict[str, str]) -> None:

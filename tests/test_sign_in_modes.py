@@ -68,7 +68,7 @@ SERVICE_PRINCIPAL = {**BASE, "POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_T
 def test_cloud_presets(cloud: str, authority: str, api: str, scope: str) -> None:
     s = Settings.from_env({**SERVICE_PRINCIPAL, "POWERBI_CLIENT_SECRET": "x", "POWERBI_CLOUD": cloud})
 
-    assert (s.authority, s.api_url, s.scope) == (f"{authority}/{TENANT_ID}", api, scope)
+    assert (s.sign_in.authority, s.powerbi.api_url, s.powerbi.scope) == (f"{authority}/{TENANT_ID}", api, scope)
 
 
 def test_explicit_hosts_override_the_cloud() -> None:
@@ -83,7 +83,7 @@ def test_explicit_hosts_override_the_cloud() -> None:
         }
     )
 
-    assert (s.authority_host, s.api_url, s.resource) == (
+    assert (s.sign_in.authority_host, s.powerbi.api_url, s.powerbi.resource) == (
         "https://login.example.test",
         "https://api.example.test",
         "https://example.test/powerbi/api",
@@ -113,10 +113,10 @@ def test_certificate_from_a_file_or_from_the_setting(certificate_pem: str, tmp_p
     one_line = certificate_pem.replace("\n", "\\n")
     from_setting = Settings.from_env({**SERVICE_PRINCIPAL, "POWERBI_CLIENT_CERTIFICATE": one_line})
 
-    assert from_file.client_certificate == from_setting.client_certificate
-    assert from_file.client_certificate is not None
-    assert "PRIVATE KEY" in from_file.client_certificate.private_key
-    assert from_file.client_type == "confidential"
+    assert from_file.sign_in.client_certificate == from_setting.sign_in.client_certificate
+    assert from_file.sign_in.client_certificate is not None
+    assert "PRIVATE KEY" in from_file.sign_in.client_certificate.private_key
+    assert from_file.sign_in.client_type == "confidential"
     assert "PRIVATE KEY" not in repr(from_file)
 
 
@@ -150,8 +150,12 @@ def test_managed_identity_needs_no_client_id_tenant_or_secret() -> None:
         {"POWERBI_AUTH_MODE": "ManagedIdentity", "POWERBI_WORKSPACE_ID": BASE["POWERBI_WORKSPACE_ID"]}
     )
 
-    assert (s.client_type, s.client_secret, s.managed_identity_client_id) == ("managedIdentity", None, None)
-    assert s.resource == "https://analysis.windows.net/powerbi/api"
+    assert (s.sign_in.client_type, s.sign_in.client_secret, s.sign_in.managed_identity_client_id) == (
+        "managedIdentity",
+        None,
+        None,
+    )
+    assert s.powerbi.resource == "https://analysis.windows.net/powerbi/api"
 
 
 def test_a_profile_id_goes_with_every_power_bi_call(

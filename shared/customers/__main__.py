@@ -146,7 +146,9 @@ def run(args: argparse.Namespace, settings: Settings, store: Store, out: TextIO,
     customers = _checked(store, args.id, out)
     if customers is None:
         return 1
-    print(f"Checking {len(customers)} customer(s) of the {store.description} against {settings.api_url}", file=out)
+    print(
+        f"Checking {len(customers)} customer(s) of the {store.description} against {settings.powerbi.api_url}", file=out
+    )
     return onboarder.check(customers)
 
 
@@ -168,16 +170,16 @@ def main(
         for problem in error.problems:
             print(f"  - {problem}", file=out)
         return 2
-    if settings.auth_mode not in PROFILE_MODES:
+    if settings.sign_in.mode not in PROFILE_MODES:
         print(
             f"python -m shared.customers runs under POWERBI_AUTH_MODE ServicePrincipal or ManagedIdentity, not "
-            f"{settings.auth_mode}: service principal profiles belong to service principals.",
+            f"{settings.sign_in.mode}: service principal profiles belong to service principals.",
             file=out,
         )
         return 2
     session = session or new_session()  # one connection pool for Entra ID and Power BI
     tokens = EntraTokenProvider(settings, HttpClient(session, clock), clock)
-    onboarder = Onboarder(PowerBIAdmin(settings.api_url, session, tokens, clock), store, out, clock)
+    onboarder = Onboarder(PowerBIAdmin(settings.powerbi.api_url, session, tokens, clock), store, out, clock)
     try:
         return run(args, settings, store, out, onboarder)
     except ValueError as error:

@@ -73,7 +73,7 @@ class CustomerAccess:
         customer = self.directory.find(customer_id)
         if customer is None:
             raise NotAllowed(_NO_CUSTOMER, cause=f"customer {customer_id} is not in the directory")
-        if customer.profile_id and self.settings.auth_mode == "MasterUser":
+        if customer.profile_id and self.settings.sign_in.mode == "MasterUser":
             # Profiles belong to service principals: Power BI refuses a profile header from a user.
             raise ConfigurationError(
                 "The customer has a service principal profile, which a master user cannot use: set "

@@ -59,7 +59,7 @@ def check_customers(
     if not entries:
         report.warn("no customer yet", "onboard one: python -m shared.customers add ID --name NAME")
         return True
-    admin = PowerBIAdmin(settings.api_url, session, tokens, clock)
+    admin = PowerBIAdmin(settings.powerbi.api_url, session, tokens, clock)
     ok = True
     for entry in entries[:MAX_CHECKED]:
         ok = _check_one(settings, admin, entry, report) and ok
@@ -74,7 +74,7 @@ def _check_one(settings: Settings, admin: PowerBIAdmin, entry: Customer | Invali
     if isinstance(entry, Invalid):
         report.fail(f"customer {entry.id}: not a valid entry: {entry.problem}", "correct or remove the entry")
         return False
-    if entry.profile_id and settings.auth_mode == "MasterUser":
+    if entry.profile_id and settings.sign_in.mode == "MasterUser":
         report.fail(
             f"customer {entry.id} has a profile ({entry.profile_id}), but the function signs in as a master user: "
             "service principal profiles belong to service principals",

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from shared.customers.directory import Customer, TableConnection
-from shared.settings import parse_guid
+from shared.settings import Reader, parse_guid
 
 CustomersSource = Literal["none", "setting", "table"]
 SOURCES: tuple[CustomersSource, ...] = ("none", "setting", "table")
@@ -54,34 +53,18 @@ class CustomersSettings:
     connection: TableConnection | None = field(default=None)
 
 
-class SettingsReader(Protocol):
-    """What this concern needs of the settings reader (``shared.settings``)."""
-
-    env: Mapping[str, str]
-    problems: list[str]
-
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None: ...
-
-    def number(self, name: str, default: float | None, low: float, high: float, kind: type = float) -> float | None: ...
-
-
-def read_customers(reader: SettingsReader) -> CustomersSettings | None:
+def read_customers(reader: Reader) -> CustomersSettings | None:
     """The customers concern, or None for POWERBI_CUSTOMERS_SOURCE=none (today's single-scope behaviour)."""
-    source = (reader.text("POWERBI_CUSTOMERS_SOURCE", "none") or "none").lower()
-    if source not in SOURCES:
-        reader.problems.append(f"POWERBI_CUSTOMERS_SOURCE must be one of {', '.join(SOURCES)}")
-        return None
+    source = reader.choice("POWERBI_CUSTOMERS_SOURCE", "none", SOURCES, fold_case=True)
     if source == "none":
         return None
-    reader.problems.extend(
-        f"{name} must be unset with POWERBI_CUSTOMERS_SOURCE={source}: each customer brings its own"
-        for name in GLOBAL_SCOPE_SETTINGS
-        if (reader.env.get(name) or "").strip()
-    )
-    if (reader.env.get("WEBSITE_AUTH_ENABLED") or "").strip().lower() != "true":
+    for name in GLOBAL_SCOPE_SETTINGS:
+        if reader.is_set(name):
+            reader.problem(f"{name} must be unset with POWERBI_CUSTOMERS_SOURCE={source}: each customer brings its own")
+    if (reader.text("WEBSITE_AUTH_ENABLED") or "").lower() != "true":
         # A customer is read from the principal headers, believed only when App Service Authentication sets
         # them (it drops any a caller sends); without it, anyone could claim any customer.
-        reader.problems.append(
+        reader.problem(
             f"POWERBI_CUSTOMERS_SOURCE={source} needs App Service Authentication: turn it on for the function "
             "app, or link it to a Static Web App (either sets WEBSITE_AUTH_ENABLED=True)"
         )
@@ -93,19 +76,19 @@ def read_customers(reader: SettingsReader) -> CustomersSettings | None:
         return CustomersSettings("setting", customer_from, ttl_seconds, customers=customers)
     table = reader.text("POWERBI_CUSTOMERS_TABLE", DEFAULT_TABLE) or DEFAULT_TABLE
     if not _TABLE_NAME.match(table):
-        reader.problems.append("POWERBI_CUSTOMERS_TABLE must be a table name: a letter, then 2 to 62 letters or digits")
+        reader.problem("POWERBI_CUSTOMERS_TABLE must be a table name: a letter, then 2 to 62 letters or digits")
     return CustomersSettings("table", customer_from, ttl_seconds, table=table, connection=_connection(reader))
 
 
-def _customer_from(reader: SettingsReader) -> CustomerFrom:
+def _customer_from(reader: Reader) -> CustomerFrom:
     value = reader.text("POWERBI_CUSTOMER_FROM", required=True) or ""
     kind, _, rest = value.partition(":")
     if value and (kind not in ("claim", "role") or not rest.strip()):
-        reader.problems.append("POWERBI_CUSTOMER_FROM must be claim:<claim type> or role:<prefix>")
+        reader.problem("POWERBI_CUSTOMER_FROM must be claim:<claim type> or role:<prefix>")
     return CustomerFrom("role" if kind == "role" else "claim", rest.strip())
 
 
-def _setting_directory(reader: SettingsReader) -> tuple[Customer, ...]:
+def _setting_directory(reader: Reader) -> tuple[Customer, ...]:
     """POWERBI_CUSTOMERS: a JSON array of customers, each valid, ids unique, no workspace shared."""
     name = "POWERBI_CUSTOMERS"
     raw = reader.text(name, required=True)
@@ -114,10 +97,10 @@ def _setting_directory(reader: SettingsReader) -> tuple[Customer, ...]:
     try:
         data = json.loads(raw)
     except ValueError:
-        reader.problems.append(f"{name} must be a JSON array of customers (it is not valid JSON)")
+        reader.problem(f"{name} must be a JSON array of customers (it is not valid JSON)")
         return ()
     if not isinstance(data, list) or not data:
-        reader.problems.append(f"{name} must be a JSON array of at least one customer")
+        reader.problem(f"{name} must be a JSON array of at least one customer")
         return ()
     customers: list[Customer] = []
     owners: dict[str, str] = {}  # workspace -> the customer listing it
@@ -125,14 +108,14 @@ def _setting_directory(reader: SettingsReader) -> tuple[Customer, ...]:
         try:
             customer = Customer.from_json(entry)
         except ValueError as error:
-            reader.problems.append(f"{name}[{position}]: {error}")
+            reader.problem(f"{name}[{position}]: {error}")
             continue
         if any(c.id == customer.id for c in customers):
-            reader.problems.append(f"{name}: customer id {customer.id} is listed twice (ids ignore case)")
+            reader.problem(f"{name}: customer id {customer.id} is listed twice (ids ignore case)")
             continue
         for workspace in customer.workspaces:
             if workspace in owners:
-                reader.problems.append(
+                reader.problem(
                     f"{name}: workspace {workspace} is listed by customers {owners[workspace]} and {customer.id}"
                 )
             owners.setdefault(workspace, customer.id)
@@ -140,25 +123,25 @@ def _setting_directory(reader: SettingsReader) -> tuple[Customer, ...]:
     return tuple(customers)
 
 
-def _connection(reader: SettingsReader) -> TableConnection | None:
+def _connection(reader: Reader) -> TableConnection | None:
     """POWERBI_CUSTOMERS_CONNECTION, resolved as Azure Functions resolves a connection name."""
     name = reader.text("POWERBI_CUSTOMERS_CONNECTION", DEFAULT_CONNECTION) or DEFAULT_CONNECTION
     if not _CONNECTION_NAME.match(name):
-        reader.problems.append("POWERBI_CUSTOMERS_CONNECTION must be the name of a connection setting")
+        reader.problem("POWERBI_CUSTOMERS_CONNECTION must be the name of a connection setting")
         return None
     connection_string = reader.text(name)
     if connection_string is not None:
         return TableConnection(name, connection_string=connection_string)
     uri = reader.text(f"{name}__tableServiceUri")
     if uri is None:
-        reader.problems.append(
+        reader.problem(
             f"POWERBI_CUSTOMERS_CONNECTION names the connection {name}: set {name} (a connection string) or "
             f"{name}__tableServiceUri (the table endpoint, reached with the app's managed identity)"
         )
         return None
     if not re.match(r"^https://[^/\s]+/?$", uri):
-        reader.problems.append(f"{name}__tableServiceUri must be an https URL with a host and no path")
+        reader.problem(f"{name}__tableServiceUri must be an https URL with a host and no path")
     client_id = reader.text(f"{name}__clientId")
     if client_id is not None and parse_guid(client_id) is None:
-        reader.problems.append(f"{name}__clientId must be a GUID")
+        reader.problem(f"{name}__clientId must be a GUID")
     return TableConnection(name, service_uri=uri.rstrip("/"), client_id=parse_guid(client_id or "") or None)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shared.redact import register_secret
 from shared.settings import Settings, parse_guid
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _guids(name: str, values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(parsed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Customer:
     """One customer; constructing it validates it (ValueError says what is wrong) and canonicalises it."""
 
@@ -196,6 +197,12 @@ def table_client(settings: Settings | CustomersSettings) -> TableClient:
         "read_timeout": TABLE_READ_TIMEOUT_SECONDS,
     }
     if connection.connection_string is not None:
+        # The account key (or SAS) could sign any request to the account: never in a log line.
+        register_secret(connection.connection_string, lasting=True)
+        for part in connection.connection_string.split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+                register_secret(value.strip(), lasting=True)
         return TableClient.from_connection_string(connection.connection_string, table_name=concern.table, **options)
     from azure.identity import ManagedIdentityCredential
 

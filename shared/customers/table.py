@@ -41,7 +41,7 @@ class EntityReader(Protocol):
     def get_entity(self, partition_key: str, row_key: str) -> Mapping[str, Any]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     """A customer as last read (None: absent), or what was wrong with its entity, and when it was read."""
 
