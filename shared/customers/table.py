@@ -107,6 +107,7 @@ class TableDirectory:
             return self._failed(customer_id, "the table does not exist")
         except AzureError as error:
             return self._failed(customer_id, f"{type(error).__name__}")
+        logger.debug("customer directory: read customer %s", customer_id)
         try:
             entry = _Entry(self._clock.now(), Customer.from_entity(entity))
         except ValueError as error:
