@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.cache import SharedStore, SingleFlight, TieredCache
+from shared.cache import Cache, Codec, Lifetime, SharedLevel
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import NotFound
 from shared.http import current_context
@@ -91,14 +91,6 @@ class Listing:
         )
 
 
-class _ListingCodec:
-    def to_json(self, value: Listing) -> dict[str, Any]:
-        return value.to_json()
-
-    def from_json(self, data: dict[str, Any]) -> Listing:
-        return Listing.from_json(data)
-
-
 def _key(bearer: Bearer, kind: ListingKind, workspace_id: str, parent: str = "") -> ListingKey:
     return ListingKey(kind, workspace_id, parent, bearer.profile_id or "")
 
@@ -111,23 +103,19 @@ class Catalog:
         refresh_seconds: float,
         *,
         clock: Clock = SYSTEM_CLOCK,
-        store: SharedStore | None = None,
-        max_listings: int = MAX_LISTINGS,
+        shared: SharedLevel | None = None,
     ) -> None:
         self.powerbi = powerbi
-        self.ttl_seconds = ttl_seconds
         self.refresh_seconds = refresh_seconds
         self.clock = clock
-        self._listings: TieredCache[ListingKey, Listing] = TieredCache(
+        self._listings: Cache[ListingKey, Listing] = Cache(
             "catalog",
-            max_listings,
-            lambda listing: listing.read_at + ttl_seconds,
+            MAX_LISTINGS,
+            lambda listing: Lifetime(listing.read_at + ttl_seconds),
             clock=clock,
-            store=store,
-            codec=_ListingCodec(),
-            key_text=ListingKey.text,
+            shared=shared,
+            codec=Codec(Listing.to_json, Listing.from_json),
         )
-        self._flights: SingleFlight[ListingKey, Listing] = SingleFlight()
 
     # -- what the embed flow asks ----------------------------------------------------------------------------
 
@@ -190,21 +178,10 @@ class Catalog:
         return found
 
     def _listing(self, bearer: Bearer, key: ListingKey, newer_than: float | None = None) -> Listing:
-        listing = self._listings.local(key)  # the shared store, if any, is read in the flight below
-        if listing is not None and (newer_than is None or listing.read_at > newer_than):
-            return listing
-
-        def read() -> Listing:
-            # A concurrent reader may have just finished: its listing will do.
-            again = self._listings.get(key)
-            if again is not None and (newer_than is None or again.read_at > newer_than):
-                return again
-            fresh = self._read(bearer, key)
-            self._listings.put(key, fresh)
-            return fresh
-
+        """The listing, read once for concurrent callers; ``newer_than``: read after that time (epoch seconds)."""
+        accept = None if newer_than is None else (lambda listing: listing.read_at > newer_than)
         deadline = current_context(self.clock).deadline
-        return self._flights.run(key, read, deadline.remaining)[0]
+        return self._listings.get_or_load(key, lambda: self._read(bearer, key), deadline.remaining, accept=accept)[0]
 
     def _read(self, bearer: Bearer, key: ListingKey) -> Listing:
         pbi, ws, now = self.powerbi.for_profile(key.profile or None), key.workspace_id, self.clock.now()

@@ -29,6 +29,7 @@ from shared.embed import EmbedService, Kind
 from shared.entra import AccessToken
 from shared.errors import ConfigurationError, EmbedError, Throttled
 from shared.http import call_context
+from shared.powerbi import Bearer
 from shared.settings import KEY_VAULT_REFERENCE, SECRET_SETTINGS, SETTING_NAMES, Settings, ignored_settings
 
 DEADLINE_SECONDS = 60.0  # a person is waiting, but the doctor makes many calls
@@ -136,7 +137,7 @@ def check_shared_cache(settings: Settings, report: Report) -> None:
     config = settings.shared_cache
     if config is None:
         return
-    from shared.shared_cache import SharedCache
+    from shared.shared_cache import SharedCache, probe
 
     where = urlsplit(config.url)
     auth = "Entra ID (the app's managed identity)" if config.uses_entra else "a password"
@@ -144,8 +145,7 @@ def check_shared_cache(settings: Settings, report: Report) -> None:
     report.ok(f"POWERBI_CACHE_ENCRYPTION_KEY: {len(config.encryption_key)} bytes, AES-256-GCM")
     cache = SharedCache.create(settings)
     assert cache is not None
-    probe = cache.probe()
-    for ok, text in probe.lines:
+    for ok, text in probe(cache).lines:
         if ok:
             report.ok(text)
         else:
@@ -228,10 +228,11 @@ def check_power_bi(service: EmbedService, token: AccessToken, report: Report) ->
     if missing:  # every later call would be refused for the same reason
         return False
     items = allowed_items(service, token, report)
+    bearer = Bearer(service.tokens, 0)
     for kind, item_id, workspace_id in items:
-        try:
-            get = powerbi.get_report if kind == "report" else powerbi.get_dashboard
-            item = get(token.value, workspace_id, item_id)
+        try:  # through the catalog, as a request reads them: one list call per workspace
+            lookup = service.catalog.report if kind == "report" else service.catalog.dashboard
+            item = lookup(bearer, workspace_id, item_id)
             report.ok(f"{kind} {item_id}: {item.embed_url}")
         except EmbedError as error:
             report.fail(f"{kind} {item_id}: {error.message}", explain(error, settings))

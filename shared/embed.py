@@ -8,7 +8,7 @@ The flow of one request, top to bottom (``EmbedService.embed``):
    (``shared.catalog``), and the effective identity for exactly the datasets that require one (Power BI
    refuses it for the others); a dataset that requires one while the function has none to give is a
    configuration error, not a Power BI error;
-3. the token (``TieredCache.get_or_load``): the canonical key (the set of items in any order and case,
+3. the token (``shared.cache.Cache.get_or_load``): the canonical key (the set of items in any order and case,
    the access level, and the identity only when a dataset requires it) is looked up among the bounded
    cached tokens; on a miss one GenerateToken is made, shared by concurrent requests for that key.
 
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import requests
 
-from shared.cache import SharedStore, TieredCache
+from shared.cache import Cache, Codec, Lifetime, SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.customers.access import CustomerAccess
@@ -38,7 +38,7 @@ from shared.http import HttpClient, call_context
 from shared.identity import Identity
 from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
 from shared.settings import Settings, parse_guid
-from shared.shared_cache import RedisStore
+from shared.shared_cache import SharedCache
 
 logger = logging.getLogger(__name__)
 
@@ -149,24 +149,26 @@ class _Scope:
         return cls(p.workspace_id, p.allowed_workspaces, p.allowed_reports, p.allowed_dashboards, s.sign_in.profile_id)
 
 
-class EmbedCodec:
-    """Embed values as JSON-able dicts, for a shared cache level."""
+def _embed_to_json(value: Embed) -> dict[str, Any]:
+    return {
+        "kind": value.kind,
+        "items": [i.to_json() for i in value.items],
+        "token": value.token.to_json(),
+        "dataset": value.dataset.to_json() if value.dataset else None,
+    }
 
-    def to_json(self, value: Embed) -> dict[str, Any]:
-        return {
-            "kind": value.kind,
-            "items": [i.to_json() for i in value.items],
-            "token": value.token.to_json(),
-            "dataset": value.dataset.to_json() if value.dataset else None,
-        }
 
-    def from_json(self, data: dict[str, Any]) -> Embed:
-        return Embed(
-            data["kind"],
-            tuple(Item.from_json(i) for i in data["items"]),
-            EmbedToken.from_json(data["token"]),
-            Dataset.from_json(data["dataset"]) if data["dataset"] else None,
-        )
+def _embed_from_json(data: dict[str, Any]) -> Embed:
+    return Embed(
+        data["kind"],
+        tuple(Item.from_json(i) for i in data["items"]),
+        EmbedToken.from_json(data["token"]),
+        Dataset.from_json(data["dataset"]) if data["dataset"] else None,
+    )
+
+
+# How an embed goes to the shared cache (Redis) and back.
+EMBED_CODEC = Codec(_embed_to_json, _embed_from_json)
 
 
 class EmbedService:
@@ -176,10 +178,10 @@ class EmbedService:
         tokens: EntraTokenProvider,
         powerbi: PowerBIClient,
         clock: Clock = SYSTEM_CLOCK,
-        store: SharedStore | None = None,
+        shared: SharedLevel | None = None,
         customers: CustomerAccess | None = None,
     ) -> None:
-        """``store``: an optional second cache level shared between workers, for tokens and the catalog;
+        """``shared``: an optional second cache level shared between workers, for tokens and the catalog;
         ``customers``: the customer directory's access rule (None: one global scope, POWERBI_CUSTOMERS_SOURCE=none)."""
         self.settings = settings
         self.customers = customers
@@ -192,17 +194,16 @@ class EmbedService:
             settings.caches.catalog_ttl_seconds,
             settings.caches.catalog_refresh_seconds,
             clock=clock,
-            store=store,
+            shared=shared,
         )
-        # A token is kept while it can still be handed out with the minimum life left.
-        self.embeds: TieredCache[TokenKey, Embed] = TieredCache(
+        # A token is handed out while it still has the minimum life left.
+        self.embeds: Cache[TokenKey, Embed] = Cache(
             "embed",
             settings.caches.max_tokens,
-            lambda embed: embed.token.expires_at - self._min_seconds,
+            lambda embed: Lifetime(embed.token.expires_at - self._min_seconds),
             clock=clock,
-            store=store,
-            codec=EmbedCodec(),
-            key_text=TokenKey.text,
+            shared=shared,
+            codec=EMBED_CODEC,
         )
 
     @classmethod
@@ -211,14 +212,14 @@ class EmbedService:
         settings: Settings,
         clock: Clock = SYSTEM_CLOCK,
         session: requests.Session | None = None,
-        store: SharedStore | None = None,
+        shared: SharedLevel | None = None,
     ) -> EmbedService:
         """The service with its collaborators: one HTTP session and one MSAL application.
 
-        Without a ``store``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
+        Without ``shared``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
         """
-        if store is None:
-            store = RedisStore.create(settings, clock)
+        if shared is None:
+            shared = SharedCache.create(settings, clock)
         http = HttpClient(session, clock)
         return cls(
             settings,
@@ -227,7 +228,7 @@ class EmbedService:
                 settings.powerbi.api_url, http, settings.policy.token_lifetime_minutes, settings.sign_in.profile_id
             ),
             clock,
-            store,
+            shared,
             CustomerAccess.create(settings, clock),
         )
 

@@ -213,31 +213,6 @@ class PowerBIClient:
         """GET a Power BI path under ``/v1.0/myorg``."""
         return self._call(access_token, "GET", path, what=what or path)
 
-    def get_report(self, access_token: str, workspace_id: str, report_id: str) -> Item:
-        body = self.get(access_token, f"/groups/{workspace_id}/reports/{report_id}", f"report {report_id}")
-        dataset = body.get("datasetId")  # absent for a paginated report
-        where = str(body.get("datasetWorkspaceId") or workspace_id).lower()
-        datasets = ((where, str(dataset).lower()),) if dataset else ()
-        return Item("report", report_id, workspace_id, _embed_url(body, report_id), datasets)
-
-    def get_dashboard(self, access_token: str, workspace_id: str, dashboard_id: str) -> Item:
-        path = f"/groups/{workspace_id}/dashboards/{dashboard_id}"
-        body = self.get(access_token, path, f"dashboard {dashboard_id}")
-        tiles = self.get(access_token, f"{path}/tiles", f"tiles of dashboard {dashboard_id}").get("value", [])
-        datasets = sorted({(workspace_id, str(t["datasetId"]).lower()) for t in tiles if t.get("datasetId")})
-        return Item("dashboard", dashboard_id, workspace_id, _embed_url(body, dashboard_id), tuple(datasets))
-
-    def get_tile(self, access_token: str, workspace_id: str, dashboard_id: str, tile_id: str) -> Item:
-        path = f"/groups/{workspace_id}/dashboards/{dashboard_id}/tiles/{tile_id}"
-        body = self.get(access_token, path, f"tile {tile_id} of dashboard {dashboard_id}")
-        dataset = body.get("datasetId")
-        datasets = ((workspace_id, str(dataset).lower()),) if dataset else ()
-        return Item("tile", tile_id, workspace_id, _embed_url(body, tile_id), datasets, dashboard_id)
-
-    def get_dataset(self, access_token: str, workspace_id: str, dataset_id: str) -> Dataset:
-        body = self.get(access_token, f"/groups/{workspace_id}/datasets/{dataset_id}", f"dataset {dataset_id}")
-        return _dataset(body, workspace_id)
-
     def find_dataset(self, access_token: str, dataset_id: str) -> Dataset:
         """Datasets - Get Dataset (not in a group): a semantic model whose workspace is not known."""
         body = self.get(access_token, f"/datasets/{dataset_id}", f"dataset {dataset_id}")

@@ -17,7 +17,7 @@ namespace (Power BI API URL, tenant, client id or managed identity, profile) and
 digest (the cache key, which may hold a user name) are HMACs under a key derived from the
 encryption key. Two function apps sharing one Redis never read each other's entries.
 
-Concurrent cold requests on different instances make one upstream call: ``fetch`` takes
+Concurrent cold requests on different instances make one upstream call: ``once`` takes
 a short fleet-wide lock (``SET NX PX``; released only by its owner, through a
 compare-and-delete script; expiring by itself if the owner dies), and the others wait
 within their deadline for the entry, then read it.
@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.cache import Source
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.settings import Settings, SharedCacheSettings
 
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Source = Literal["shared", "created"]
 
 # How long Redis is left alone after a failure before it is tried again (POWERBI_CACHE_BREAKER_SECONDS).
 BREAKER_SECONDS = 30.0
@@ -62,15 +61,6 @@ _FORMAT = b"\x01"  # version of the sealed-value layout: format byte, 12-byte no
 _NONCE_BYTES = 12
 # Delete the lock only if it still holds our token: after it expired, another instance may own it.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-
-@dataclass(frozen=True)
-class Codec(Generic[T]):
-    """How a value of one kind goes to Redis and back, and how long it may be shared."""
-
-    dumps: Callable[[T], bytes]
-    loads: Callable[[bytes], T]  # raises ValueError (or KeyError, TypeError) for what it cannot read
-    ttl: Callable[[T], float]  # seconds the shared entry may live; 0 or less: not shared
 
 
 @dataclass(frozen=True)
@@ -96,49 +86,17 @@ def namespace_material(settings: Settings) -> str:
     )
 
 
-class SharedCache:
-    """Sealed entries and fleet-wide locks on one Redis, behind a circuit breaker."""
+class Seal:
+    """Key names that show nothing, and values sealed with AES-256-GCM bound to their key name."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        encryption_key: bytes,
-        namespace: str,
-        clock: Clock = SYSTEM_CLOCK,
-        *,
-        breaker_seconds: float = BREAKER_SECONDS,
-    ) -> None:
+    def __init__(self, encryption_key: bytes, namespace: str) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        self.client = client
-        self.clock = clock
-        self.breaker_seconds = breaker_seconds
         self._aead = AESGCM(encryption_key)
         # Key names are HMACs under a key of their own, derived from the encryption key, so that a
         # dump cannot be searched for a guessed user name's hash.
         self._names = hmac.new(encryption_key, b"powerbi-embed shared cache key names", hashlib.sha256).digest()
         self.prefix = f"pbi:{self._digest(namespace)[:32]}:"
-        self._release: Any = client.register_script(_RELEASE)
-        self._lock = threading.Lock()
-        self._closed_at: float | None = None  # monotonic time until which Redis is left alone
-        self._down = False
-        self._warned_credentials = False
-
-    @classmethod
-    def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> SharedCache | None:
-        """The shared cache the settings describe, or None without POWERBI_CACHE_URL. Makes no network call."""
-        config = settings.shared_cache
-        if config is None:
-            return None
-        return cls(
-            connect(config, settings),
-            config.encryption_key,
-            namespace_material(settings),
-            clock,
-            breaker_seconds=config.breaker_seconds,
-        )
-
-    # -- keys and sealing -------------------------------------------------------------------
 
     def _digest(self, text: str) -> str:
         return hmac.new(self._names, text.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -163,15 +121,28 @@ class SharedCache:
         except InvalidTag:
             return None
 
-    # -- the circuit breaker ----------------------------------------------------------------
+
+class Breaker:
+    """Redis calls behind a circuit breaker: after a failure Redis is left alone for ``seconds``, with one
+    log line when it goes away (a configuration warning when it refuses our credentials), one when back."""
+
+    def __init__(self, client: redis.Redis, clock: Clock, seconds: float) -> None:
+        self.client = client
+        self.clock = clock
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._closed_at: float | None = None  # monotonic time until which Redis is left alone
+        self._down = False
+        self._warned_credentials = False
 
     @property
     def available(self) -> bool:
-        """False while the breaker is open (Redis failed less than ``breaker_seconds`` ago)."""
+        """False while the breaker is open (Redis failed less than ``seconds`` ago)."""
         with self._lock:
             return self._closed_at is None or self.clock.monotonic() >= self._closed_at
 
-    def _call(self, operation: Callable[[redis.Redis], T]) -> T:
+    def call(self, operation: Callable[[redis.Redis], T]) -> T:
+        """``operation``'s result, or ``_Unavailable`` when Redis is not to be used or just failed."""
         if not self.available:
             raise _Unavailable
         try:
@@ -183,10 +154,10 @@ class SharedCache:
         return result
 
     def _failed(self, exc: BaseException) -> None:
-        self._disconnect()
+        self.disconnect()
         credentials = _is_credential_error(exc)
         with self._lock:
-            self._closed_at = self.clock.monotonic() + self.breaker_seconds
+            self._closed_at = self.clock.monotonic() + self.seconds
             first, self._down = not self._down, True
             warn_credentials = credentials and not self._warned_credentials
             self._warned_credentials = self._warned_credentials or credentials
@@ -196,17 +167,17 @@ class SharedCache:
                 "password in POWERBI_CACHE_URL or, without one, the access policy assignment of the app's "
                 "managed identity on the cache; serving without the shared cache, trying again every %.0f s",
                 type(exc).__name__,
-                self.breaker_seconds,
+                self.seconds,
             )
         elif first:
             logger.warning(
                 "shared cache (Redis) unavailable (%s): serving from the in-process cache and Power BI; "
                 "trying again after %.0f s",
                 _describe(exc),
-                self.breaker_seconds,
+                self.seconds,
             )
 
-    def _disconnect(self) -> None:
+    def disconnect(self) -> None:
         """Drop pooled connections after a failure: a later try starts afresh (and leaves no socket open)."""
         try:
             self.client.connection_pool.disconnect()
@@ -219,18 +190,39 @@ class SharedCache:
         if back:
             logger.info("shared cache (Redis) is back: using it again")
 
+
+class SharedCache:
+    """The shared level of ``shared.cache.Cache``: sealed entries and fleet-wide locks on one Redis,
+    behind a circuit breaker."""
+
+    def __init__(self, client: redis.Redis, seal: Seal, clock: Clock = SYSTEM_CLOCK, *, breaker_seconds: float) -> None:
+        self.client = client
+        self.clock = clock
+        self.seal = seal
+        self.breaker = Breaker(client, clock, breaker_seconds)
+        self._release: Any = client.register_script(_RELEASE)
+
+    @classmethod
+    def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> SharedCache | None:
+        """The shared cache the settings describe, or None without POWERBI_CACHE_URL. Makes no network call."""
+        config = settings.shared_cache
+        if config is None:
+            return None
+        seal = Seal(config.encryption_key, namespace_material(settings))
+        return cls(connect(config, settings), seal, clock, breaker_seconds=config.breaker_seconds)
+
     # -- entries ----------------------------------------------------------------------------
 
     def get(self, kind: str, key: str) -> bytes | None:
         """The plain value of an entry, or None (a miss, unreadable, or Redis unavailable)."""
-        redis_key = self.key(kind, key)
+        redis_key = self.seal.key(kind, key)
         try:
-            sealed = self._call(lambda r: r.get(redis_key))
+            sealed = self.breaker.call(lambda r: r.get(redis_key))
         except _Unavailable:
             return None
         if not isinstance(sealed, bytes):
             return None
-        plain = self.open(redis_key, sealed)
+        plain = self.seal.open(redis_key, sealed)
         if plain is None:
             logger.warning(
                 "shared cache: an unreadable %s entry was ignored (corrupt, or sealed with another key)", kind
@@ -242,20 +234,13 @@ class SharedCache:
         milliseconds = int(ttl_seconds * 1000)
         if milliseconds <= 0:
             return False
-        redis_key = self.key(kind, key)
-        sealed = self.seal(redis_key, value)
+        redis_key = self.seal.key(kind, key)
+        sealed = self.seal.seal(redis_key, value)
         try:
-            self._call(lambda r: r.set(redis_key, sealed, px=milliseconds))
+            self.breaker.call(lambda r: r.set(redis_key, sealed, px=milliseconds))
         except _Unavailable:
             return False
         return True
-
-    def delete(self, kind: str, key: str) -> None:
-        redis_key = self.key(kind, key)
-        try:
-            self._call(lambda r: r.delete(redis_key))
-        except _Unavailable:
-            pass
 
     # -- the fleet-wide lock ----------------------------------------------------------------
 
@@ -264,52 +249,23 @@ class SharedCache:
 
         Raises ``_Unavailable`` when Redis cannot be asked (the caller then goes on without the lock).
         """
-        lock_key = self.key("lock", f"{kind}\n{key}")
+        lock_key = self.seal.key("lock", f"{kind}\n{key}")
         token = secrets.token_hex(16)
         milliseconds = max(1, int(ttl_seconds * 1000))
-        taken = self._call(lambda r: r.set(lock_key, token, nx=True, px=milliseconds))
+        taken = self.breaker.call(lambda r: r.set(lock_key, token, nx=True, px=milliseconds))
         return token if taken else None
 
     def release(self, kind: str, key: str, token: str) -> bool:
         """Give the lock back if we still own it (after it expired, someone else may)."""
-        lock_key = self.key("lock", f"{kind}\n{key}")
+        lock_key = self.seal.key("lock", f"{kind}\n{key}")
         try:
-            return bool(self._call(lambda r: self._release(keys=[lock_key], args=[token], client=r)))
+            return bool(self.breaker.call(lambda r: self._release(keys=[lock_key], args=[token], client=r)))
         except _Unavailable:
             return False
 
     def locked(self, kind: str, key: str) -> bool:
-        lock_key = self.key("lock", f"{kind}\n{key}")
-        return bool(self._call(lambda r: r.exists(lock_key)))
-
-    # -- the two-level read -----------------------------------------------------------------
-
-    def read(self, kind: str, key: str, codec: Codec[T]) -> T | None:
-        """A shared value still worth handing out, or None."""
-        plain = self.get(kind, key)
-        if plain is None:
-            return None
-        try:
-            value = codec.loads(plain)
-        except (ValueError, KeyError, TypeError, IndexError):
-            logger.warning("shared cache: a %s entry in an unknown layout was ignored", kind)
-            return None
-        return value if codec.ttl(value) > 0 else None
-
-    def fetch(
-        self, kind: str, key: str, create: Callable[[], T], codec: Codec[T], remaining: Callable[[], float]
-    ) -> tuple[T, Source]:
-        """The shared value for ``key``, or ``create()``'s, made once for the whole fleet and shared."""
-        value = self.read(kind, key, codec)
-        if value is not None:
-            return value, "shared"
-
-        def create_and_share() -> T:
-            made = create()
-            self.put(kind, key, codec.dumps(made), codec.ttl(made))
-            return made
-
-        return self.once(kind, key, create_and_share, lambda: self.read(kind, key, codec), remaining)
+        lock_key = self.seal.key("lock", f"{kind}\n{key}")
+        return bool(self.breaker.call(lambda r: r.exists(lock_key)))
 
     def once(
         self,
@@ -354,82 +310,40 @@ class SharedCache:
             value = read()
             if value is not None:
                 return value
-            if not self.available or not self.locked(kind, key):
+            if not self.breaker.available or not self.locked(kind, key):
                 return read()  # the owner finished (or failed) just now
         return None
 
-    # -- the doctor -------------------------------------------------------------------------
 
-    def probe(self) -> Probe:
-        """Reachable and authenticated (PING), a sealed write and read round trip; no breaker involved."""
-        lines: list[tuple[bool, str]] = []
-        try:
-            self.client.ping()
-        except Exception as exc:  # noqa: BLE001 - reported, never raised
-            self._disconnect()
-            if _is_credential_error(exc):
-                text = (
-                    "Redis refused the credentials: check the password in POWERBI_CACHE_URL or, without one, "
-                    "the access policy assignment of the app's managed identity on the cache"
-                )
-            else:
-                text = f"Redis cannot be reached: {_describe(exc)}"
-            return Probe(False, ((False, text),))
-        lines.append((True, "reachable and authenticated (PING)"))
-        probe_key = f"doctor {secrets.token_hex(8)}"
-        written = secrets.token_bytes(24)
-        try:
-            redis_key = self.key("doctor", probe_key)
-            self.client.set(redis_key, self.seal(redis_key, written), px=10_000)
-            read_back = self.client.get(redis_key)
-            self.client.delete(redis_key)
-        except Exception as exc:  # noqa: BLE001
-            lines.append((False, f"a write and read round trip failed: {_describe(exc)}"))
-            return Probe(False, tuple(lines))
-        if not isinstance(read_back, bytes) or self.open(redis_key, read_back) != written:
-            lines.append((False, "a value written was not read back intact"))
-            return Probe(False, tuple(lines))
-        lines.append((True, "a sealed write and read round trip (AES-256-GCM)"))
-        return Probe(True, tuple(lines))
-
-
-class RedisStore:
-    """The shared cache as the second level of ``shared.cache.TieredCache`` (embed tokens, catalog listings).
-
-    Keys arrive as ``<cache name>:<key text>``; the cache name becomes the entry's kind in Redis.
-    """
-
-    def __init__(self, cache: SharedCache) -> None:
-        self.cache = cache
-
-    @classmethod
-    def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> RedisStore | None:
-        cache = SharedCache.create(settings, clock)
-        return cls(cache) if cache is not None else None
-
-    @staticmethod
-    def _kind(key: str) -> str:
-        return key.split(":", 1)[0] if ":" in key else "entry"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        plain = self.cache.get(self._kind(key), key)
-        if plain is None:
-            return None
-        try:
-            value = json.loads(plain)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-
-    def put(self, key: str, value: dict[str, Any], ttl_seconds: float) -> None:
-        data = json.dumps(value, separators=(",", ":")).encode("utf-8")
-        self.cache.put(self._kind(key), key, data, ttl_seconds)
-
-    def load_once(
-        self, key: str, load: Callable[[], T], read: Callable[[], T | None], remaining: Callable[[], float]
-    ) -> T:
-        """One ``load`` for the whole fleet (it shares what it makes); the others ``read`` it."""
-        return self.cache.once(self._kind(key), key, load, read, remaining)[0]
+def probe(cache: SharedCache) -> Probe:
+    """For the doctor: reachable and authenticated (PING), a sealed write and read round trip; no breaker."""
+    try:
+        cache.client.ping()
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        cache.breaker.disconnect()
+        if _is_credential_error(exc):
+            text = (
+                "Redis refused the credentials: check the password in POWERBI_CACHE_URL or, without one, "
+                "the access policy assignment of the app's managed identity on the cache"
+            )
+        else:
+            text = f"Redis cannot be reached: {_describe(exc)}"
+        return Probe(False, ((False, text),))
+    lines: list[tuple[bool, str]] = [(True, "reachable and authenticated (PING)")]
+    written = secrets.token_bytes(24)
+    redis_key = cache.seal.key("doctor", f"doctor {secrets.token_hex(8)}")
+    try:
+        cache.client.set(redis_key, cache.seal.seal(redis_key, written), px=10_000)
+        read_back = cache.client.get(redis_key)
+        cache.client.delete(redis_key)
+    except Exception as exc:  # noqa: BLE001
+        lines.append((False, f"a write and read round trip failed: {_describe(exc)}"))
+        return Probe(False, tuple(lines))
+    if not isinstance(read_back, bytes) or cache.seal.open(redis_key, read_back) != written:
+        lines.append((False, "a value written was not read back intact"))
+        return Probe(False, tuple(lines))
+    lines.append((True, "a sealed write and read round trip (AES-256-GCM)"))
+    return Probe(True, tuple(lines))
 
 
 def connect(config: SharedCacheSettings, settings: Settings) -> redis.Redis:

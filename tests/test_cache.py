@@ -6,14 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from emulator import DATASET_ID, PAGINATED_REPORT_ID, REPORT_ID, RLS_REPORT_ID, WORKSPACE_ID, FakeUpstream
 from emulator import catalog as cat
 from emulator.entra import emulator_session
-from shared.cache import TieredCache
+from shared.cache import Cache, Lifetime, Source
 from shared.embed import EmbedService
 from shared.errors import NotFound
 from shared.settings import Settings
@@ -36,20 +36,38 @@ def rls(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+T = TypeVar("T")
+
+
 class DictStore:
-    """A hand-written shared store: what a Redis backend would hold, as JSON text."""
+    """A hand-written shared level: what Redis would hold (unsealed), by "<kind>:<key text>"; no fleet lock."""
 
     def __init__(self) -> None:
-        self.values: dict[str, str] = {}
+        self.values: dict[str, bytes] = {}
         self.ttls: dict[str, float] = {}
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        text = self.values.get(key)
-        return None if text is None else json.loads(text)  # type: ignore[no-any-return]
+    def get(self, kind: str, key: str) -> bytes | None:
+        return self.values.get(key)
 
-    def put(self, key: str, value: dict[str, Any], ttl_seconds: float) -> None:
-        self.values[key] = json.dumps(value)
+    def put(self, kind: str, key: str, value: bytes, ttl_seconds: float) -> bool:
+        self.values[key] = value
         self.ttls[key] = ttl_seconds
+        return True
+
+    def once(
+        self,
+        kind: str,
+        key: str,
+        create: Callable[[], T],
+        read: Callable[[], T | None],
+        remaining: Callable[[], float],
+    ) -> tuple[T, Source]:
+        return create(), "created"
+
+
+class Key(str):
+    def text(self) -> str:
+        return str(self)
 
 
 # --- canonical keys -----------------------------------------------------------------------------------------
@@ -129,26 +147,42 @@ def test_an_expired_token_is_dropped_never_served(
 ) -> None:
     service = make_service(env)
     first = service.embed("report", REPORT_ID)
-    assert len(service.embeds) == 1
+    assert service.embed("report", REPORT_ID) == first
     clock.advance(51 * 60)  # 9 minutes left: under the 10-minute minimum, so expired for the cache
 
-    assert len(service.embeds) == 0
     second = service.embed("report", REPORT_ID)
     assert second.token.token != first.token.token
+    assert len(fake.calls("POST", "GenerateToken")) == 2
 
 
-def test_tiered_cache_bound_expiry_and_lru_order(clock: FakeClock) -> None:
-    cache: TieredCache[str, float] = TieredCache("t", 3, lambda expires: expires, clock=clock)
-    for key in "abc":
-        cache.put(key, clock.now() + 100)
-    assert cache.get("a") is not None  # a is now the most recently used
-    cache.put("d", clock.now() + 100)
+def test_cache_bound_expiry_and_lru_order(clock: FakeClock) -> None:
+    cache: Cache[Key, float] = Cache("t", 3, Lifetime, clock=clock)
+    loads: list[str] = []
 
-    assert [k for k in "abcd" if cache.get(k) is not None] == ["a", "c", "d"]  # b was least recently used
-    cache.put("e", clock.now() - 1)  # already expired: not kept
-    assert cache.get("e") is None
+    def get(key: str, life: float = 100) -> str:
+        def load() -> float:
+            loads.append(key)
+            return clock.now() + life
+
+        return cache.get_or_load(Key(key), load, lambda: 10)[1]
+
+    assert [get(k) for k in "abc"] == ["miss"] * 3
+    assert get("a") == "hit"  # a is now the most recently used
+    get("d")
+    assert [get(k) for k in "acd"] == ["hit"] * 3
+    assert get("b") == "miss"  # b was least recently used: evicted when d came
+    assert get("e", life=-1) == get("e", life=-1) == "miss"  # already expired: never kept
     clock.advance(101)
-    assert [k for k in "acd" if cache.get(k) is not None] == []
+    assert [get(k) for k in "bcd"] == ["miss"] * 3
+    assert loads == ["a", "b", "c", "d", "b", "e", "e", "b", "c", "d"]
+
+
+def test_a_refused_value_counts_as_a_miss(clock: FakeClock) -> None:
+    cache: Cache[Key, float] = Cache("t", 3, Lifetime, clock=clock)
+    first, _ = cache.get_or_load(Key("k"), lambda: clock.now() + 100, lambda: 10)
+    clock.advance(1)
+    again, outcome = cache.get_or_load(Key("k"), lambda: clock.now() + 100, lambda: 10, accept=lambda v: v > first)
+    assert (again, outcome) == (first + 1, "miss")
 
 
 # --- the seam for a shared second level ---------------------------------------------------------------------
@@ -159,7 +193,7 @@ def test_a_shared_store_serves_a_second_worker_without_upstream_calls(
 ) -> None:
     store = DictStore()
     settings = Settings.from_env(env)
-    one = EmbedService.create(settings, clock=clock, store=store, session=emulator_session(fake.base_url))
+    one = EmbedService.create(settings, clock=clock, shared=store, session=emulator_session(fake.base_url))
     first = one.embed("report", REPORT_ID)
     upstream = len(fake.requests)
     assert any(k.startswith("embed:") for k in store.values)
@@ -170,7 +204,7 @@ def test_a_shared_store_serves_a_second_worker_without_upstream_calls(
     assert 49 * 60 < embed_ttl <= 50 * 60 + 5
 
     two = EmbedService.create(
-        settings, clock=clock, store=store, session=emulator_session(fake.base_url)
+        settings, clock=clock, shared=store, session=emulator_session(fake.base_url)
     )  # another worker, same shared store
     second = two.embed("report", REPORT_ID)
     unknown = "00000000-0000-4000-8000-00000000abcd"

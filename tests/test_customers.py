@@ -603,3 +603,34 @@ def test_the_shared_cache_keeps_each_profile_apart(
     assert profiles_sent(fake) == [PROFILE_A] * 3 + [PROFILE_C] * 3
     third.embed("report", REPORT_ID, customer=third.customer_for(principal("contoso")))  # A's, from Redis
     assert len(power_bi_calls(fake)) == 6
+
+
+def test_a_table_read_logs_one_line_of_ours_not_the_sdks_headers(
+    counted: CountingTable, routes: FunctionRoutes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    assert routes.dispatch("GET", f"/api/embed/reports/{REPORT_ID}", {}, principal("contoso")).status_code == 200
+
+    assert counted.reads == ["contoso"]
+    assert not [r for r in caplog.records if r.name.startswith("azure.core")]
+
+
+def test_claim_tid_finds_the_customer_by_the_principals_tenant(
+    call: Callable[..., Any], fake: FakeUpstream, customers: dict[str, str]
+) -> None:
+    tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    customers.update(
+        {
+            "POWERBI_CUSTOMER_FROM": "claim:tid",
+            "POWERBI_CUSTOMERS": json.dumps([CUSTOMER_A | {"id": tenant}]),
+        }
+    )
+    # App Service maps tid to its long claim type: either form names the tenant.
+    encoded = json.dumps(
+        {"auth_typ": "aad", "claims": [{"typ": "http://schemas.microsoft.com/identity/claims/tenantid", "val": tenant}]}
+    )
+    headers = {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(encoded.encode()).decode(), "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
+
+    assert call(f"/api/embed/reports/{REPORT_ID}", headers).status_code == 200
+    assert profiles_sent(fake) == [PROFILE_A] * 3

@@ -19,9 +19,10 @@ import pytest
 from emulator import CLIENT_ID, TENANT_ID, WORKSPACE_ID, FakeUpstream
 from emulator.entra import emulator_session
 from shared import doctor
+from shared.cache import Cache, Codec, Lifetime
 from shared.errors import ConfigurationError
 from shared.settings import Settings
-from shared.shared_cache import BREAKER_SECONDS, Codec, SharedCache, _is_credential_error
+from shared.shared_cache import BREAKER_SECONDS, SharedCache, _is_credential_error, probe
 from tests.conftest import REDIS_PASSWORD, FakeClock
 from tests.redis_server import RedisServer, SlowProxy
 
@@ -60,11 +61,20 @@ class Token:
     expires_at: float
 
 
-def codec(clock: FakeClock) -> Codec[Token]:
-    return Codec(
-        dumps=lambda t: json.dumps({"value": t.value, "expiresAt": t.expires_at}).encode(),
-        loads=lambda b: Token(json.loads(b)["value"], float(json.loads(b)["expiresAt"])),
-        ttl=lambda t: t.expires_at - clock.now() - 600,
+class Key(str):
+    def text(self) -> str:
+        return str(self)
+
+
+def tokens(shared: SharedCache, clock: FakeClock) -> Cache[Key, Token]:
+    """A cache of tokens handed out until 10 minutes before they expire, on the shared level."""
+    return Cache(
+        "embed",
+        10,
+        lambda t: Lifetime(t.expires_at - 600),
+        clock=clock,
+        shared=shared,
+        codec=Codec(lambda t: {"value": t.value, "expires_at": t.expires_at}, lambda d: Token(**d)),
     )
 
 
@@ -144,7 +154,7 @@ def test_a_corrupt_or_moved_entry_is_a_miss(
     cache = cache_for(redis_server.url, clock)
     cache.put("embed", "a", TOKEN.encode(), 60)
     cache.put("embed", "b", b"other", 60)
-    name_a, name_b = cache.key("embed", "a"), cache.key("embed", "b")
+    name_a, name_b = cache.seal.key("embed", "a"), cache.seal.key("embed", "b")
     cache.client.set(name_b, cache.client.get(name_a))  # a copy under another key does not open
     assert cache.get("embed", "b") is None
     raw = bytearray(cache.client.get(name_a))
@@ -153,14 +163,18 @@ def test_a_corrupt_or_moved_entry_is_a_miss(
     assert cache.get("embed", "a") is None
     cache.client.set(name_a, b"garbage")
     assert cache.get("embed", "a") is None
-    assert cache.available  # a bad entry is not a Redis failure
+    assert cache.breaker.available  # a bad entry is not a Redis failure
     assert len(warnings_of(caplog)) == 3
 
 
-def test_an_entry_in_an_unknown_layout_is_a_miss(redis_server: RedisServer, clock: FakeClock) -> None:
+def test_an_entry_in_an_unknown_layout_is_a_miss(
+    redis_server: RedisServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = cache_for(redis_server.url, clock)
-    cache.put("embed", "k", b'{"no": "token here"}', 60)
-    assert cache.read("embed", "k", codec(clock)) is None
+    cache.put("embed", "embed:k", b'{"no": "token here"}', 60)
+    value, outcome = tokens(cache, clock).get_or_load(Key("k"), lambda: Token("new", clock.now() + 3600), lambda: 20)
+    assert (value.value, outcome) == ("new", "miss")
+    assert "cache embed: unreadable shared entry ignored" in caplog.text
 
 
 def test_two_apps_on_one_redis_share_nothing(redis_server: RedisServer, clock: FakeClock) -> None:
@@ -170,9 +184,9 @@ def test_two_apps_on_one_redis_share_nothing(redis_server: RedisServer, clock: F
     other_key = cache_for(redis_server.url, clock, POWERBI_CACHE_ENCRYPTION_KEY=OTHER_KEY)
     mine.put("embed", "k", TOKEN.encode(), 60)
     for other in (other_client, other_profile, other_key):
-        assert other.prefix != mine.prefix
+        assert other.seal.prefix != mine.seal.prefix
         assert other.get("embed", "k") is None
-        other.client.set(other.key("embed", "k"), mine.client.get(mine.key("embed", "k")))
+        other.client.set(other.seal.key("embed", "k"), mine.client.get(mine.seal.key("embed", "k")))
         assert other.get("embed", "k") is None  # even copied across, it does not open
 
 
@@ -185,7 +199,7 @@ def test_redis_gone_then_back(redis_server: RedisServer, clock: FakeClock, caplo
     assert cache.put("embed", "k", b"v", 600)
     redis_server.stop()
     assert cache.get("embed", "k") is None
-    assert not cache.available
+    assert not cache.breaker.available
     assert cache.get("embed", "k") is None and not cache.put("embed", "k", b"v", 600)  # not even tried
     clock.advance(BREAKER_SECONDS)
     assert cache.get("embed", "k") is None  # tried again: still away, and no new line
@@ -210,7 +224,7 @@ def test_a_slow_redis_is_given_up_on_quickly(
         started = time.monotonic()
         assert cache.get("embed", "k") is None
         assert time.monotonic() - started < 1.0  # about the 100 ms timeout, far from the 2 s answer
-    assert not cache.available
+    assert not cache.breaker.available
     (line,) = warnings_of(caplog)
     assert "unavailable (TimeoutError" in line
 
@@ -228,8 +242,8 @@ def test_a_wrong_password_is_one_configuration_warning(
         (line,) = warnings_of(caplog)
         assert line.startswith("configuration: the shared cache (Redis) refused the function's credentials")
         assert "wrong-Pw" not in caplog.text and "right-Pw" not in caplog.text
-        probe = cache.probe()
-        assert not probe.ok and "refused the credentials" in probe.lines[0][1]
+        probe_ = probe(cache)
+        assert not probe_.ok and "refused the credentials" in probe_.lines[0][1]
         assert cache_for(server.url, clock).put("embed", "k", b"v", 60)  # the right one works
     finally:
         server.stop()
@@ -295,34 +309,35 @@ def test_a_waiter_reads_what_the_lock_owner_shares(redis_server: RedisServer) ->
     actions: list[object] = []
     clock = HandOverClock(actions)
     owner, waiter = cache_for(redis_server.url, clock), cache_for(redis_server.url, clock)
-    token_codec = codec(clock)
-    lock = owner.acquire("embed", "k", 20)
+    lock = owner.acquire("embed", "embed:k", 20)
     assert lock is not None
 
     def owner_finishes() -> None:
-        owner.put("embed", "k", token_codec.dumps(Token(TOKEN, clock.now() + 3600)), 600)
-        owner.release("embed", "k", lock)
+        owner.put("embed", "embed:k", json.dumps({"value": TOKEN, "expires_at": clock.now() + 3600}).encode(), 600)
+        owner.release("embed", "embed:k", lock)
 
     actions.append(owner_finishes)
     created: list[int] = []
-    value, source = waiter.fetch("embed", "k", lambda: created.append(1) or Token("mine", 0), token_codec, lambda: 20)
-    assert (value.value, source, created) == (TOKEN, "shared", [])
+    value, outcome = tokens(waiter, clock).get_or_load(
+        Key("k"), lambda: created.append(1) or Token("mine", 0), lambda: 20
+    )
+    assert (value.value, outcome, created) == (TOKEN, "l2", [])
 
 
 def test_a_waiter_whose_owner_never_shares_calls_upstream_itself_in_time(redis_server: RedisServer) -> None:
     clock = FakeClock()
     owner, waiter = cache_for(redis_server.url, clock), cache_for(redis_server.url, clock)
-    assert owner.acquire("embed", "k", 20) is not None  # and then dies
+    assert owner.acquire("embed", "embed:k", 20) is not None  # and then dies
     deadline = clock.monotonic() + 20
-    value, source = waiter.fetch(
-        "embed", "k", lambda: Token("mine", clock.now() + 3600), codec(clock), lambda: deadline - clock.monotonic()
+    value, outcome = tokens(waiter, clock).get_or_load(
+        Key("k"), lambda: Token("mine", clock.now() + 3600), lambda: deadline - clock.monotonic()
     )
-    assert (value.value, source) == ("mine", "created")
+    assert (value.value, outcome) == ("mine", "miss")
     assert deadline - clock.monotonic() >= 10 - 0.06  # half its time kept for its own call
-    assert waiter.get("embed", "k") is not None  # and shared for the others
+    assert waiter.get("embed", "embed:k") is not None  # and shared for the others
 
 
-def test_fetch_creates_once_then_serves_from_redis(redis_server: RedisServer, clock: FakeClock) -> None:
+def test_one_instance_creates_then_another_reads_from_redis(redis_server: RedisServer, clock: FakeClock) -> None:
     one, two = cache_for(redis_server.url, clock), cache_for(redis_server.url, clock)
     calls: list[str] = []
 
@@ -330,17 +345,19 @@ def test_fetch_creates_once_then_serves_from_redis(redis_server: RedisServer, cl
         calls.append("GenerateToken")
         return Token(TOKEN, clock.now() + 3600)
 
-    assert one.fetch("embed", "k", create, codec(clock), lambda: 20)[1] == "created"
-    value, source = two.fetch("embed", "k", create, codec(clock), lambda: 20)
-    assert (value.value, source, calls) == (TOKEN, "shared", ["GenerateToken"])
+    assert tokens(one, clock).get_or_load(Key("k"), create, lambda: 20)[1] == "miss"
+    value, outcome = tokens(two, clock).get_or_load(Key("k"), create, lambda: 20)
+    assert (value.value, outcome, calls) == (TOKEN, "l2", ["GenerateToken"])
     assert not [n for n in redis_server.cli("--scan").split() if ":lock:" in n]  # released
+    (entry,) = [n for n in redis_server.cli("--scan").split() if ":embed:" in n]
+    assert 49 * 60_000 < int(redis_server.cli("PTTL", entry)) <= 50 * 60_000  # shared while handed out
 
 
-def test_fetch_without_redis_still_answers(redis_server: RedisServer, clock: FakeClock) -> None:
+def test_without_redis_a_load_still_answers(redis_server: RedisServer, clock: FakeClock) -> None:
     cache = cache_for(redis_server.url, clock)
     redis_server.stop()
-    value, source = cache.fetch("embed", "k", lambda: Token(TOKEN, clock.now() + 3600), codec(clock), lambda: 20)
-    assert (value.value, source) == (TOKEN, "created")
+    value, outcome = tokens(cache, clock).get_or_load(Key("k"), lambda: Token(TOKEN, clock.now() + 3600), lambda: 20)
+    assert (value.value, outcome) == (TOKEN, "miss")
 
 
 # -- the doctor's probe -----------------------------------------------------------------------
@@ -348,12 +365,12 @@ def test_fetch_without_redis_still_answers(redis_server: RedisServer, clock: Fak
 
 def test_the_probe_checks_reachability_and_a_round_trip(redis_server: RedisServer, clock: FakeClock) -> None:
     cache = cache_for(redis_server.url, clock)
-    probe = cache.probe()
-    assert probe.ok and [ok for ok, _ in probe.lines] == [True, True]
+    probe_ = probe(cache)
+    assert probe_.ok and [ok for ok, _ in probe_.lines] == [True, True]
     assert redis_server.cli("DBSIZE").strip() == "0"  # it cleans up after itself
     redis_server.stop()
-    probe = cache.probe()
-    assert not probe.ok and "cannot be reached" in probe.lines[0][1]
+    probe_ = probe(cache)
+    assert not probe_.ok and "cannot be reached" in probe_.lines[0][1]
 
 
 def test_the_doctor_checks_the_shared_cache(fake: FakeUpstream, env: dict[str, str], redis_server: RedisServer) -> None:
@@ -409,4 +426,4 @@ def test_an_entra_sign_in_redis_refuses_is_one_configuration_warning_not_a_failu
     (line,) = warnings_of(caplog)
     assert line.startswith("configuration: the shared cache (Redis) refused the function's credentials")
     assert {call.query.get("resource") for call in fake.identity_calls} == {"https://redis.azure.com"}
-    assert not cache.probe().ok
+    assert not probe(cache).ok

@@ -12,6 +12,7 @@ so nothing is imported unless the table source is configured.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -190,6 +191,9 @@ def table_client(settings: Settings | CustomersSettings) -> TableClient:
         raise ValueError("the customers table needs POWERBI_CUSTOMERS_SOURCE=table and its connection")
     connection = concern.connection
     from azure.data.tables import TableClient  # only when the table source is configured
+
+    # The SDK logs every request and answer, headers and all, at INFO: the directory logs its own line.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
     options: dict[str, Any] = {
         "retry_total": TABLE_RETRIES,
