@@ -9,7 +9,8 @@ Power BI's rules, as the emulator plays them:
 * profiles belong to the service principal that created them; only a service principal creates, lists or deletes
   them (401 ``PowerBINotAuthorizedException`` otherwise); their display names need not be unique;
 * a call with ``X-PowerBI-Profile-Id`` acts as that profile (see :func:`emulator.powerbi._caller`): a workspace
-  it creates has the profile, not the app, as its Admin, so only that profile sees it;
+  it creates has the profile, not the app, as its Admin, so only that profile sees it; a profile the emulator
+  does not know is refused (401) with ``fake.strict_profiles``, and otherwise acts with the app's memberships;
 * workspace names are unique in the tenant (case-insensitively): a second Create Group of a name answers 409;
 * AssignToCapacity, Delete Group and imports need the caller's role in the workspace (Admin; Admin, Member or
   Contributor for imports); a capacity must be one of ``fake.capacities`` (the empty GUID returns the workspace

@@ -22,7 +22,8 @@ issued (``access_tokens``, ``embed_tokens`` with their effective identities).  S
 AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting), ``next_lifetimes`` /
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,
 ``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early); multitenancy:
-``profiles``, ``add_profile()``, ``capacities``, ``imports``, ``import_publishing_polls``, ``import_outcome``.
+``profiles``, ``add_profile()``, ``strict_profiles``, ``capacities``, ``imports``, ``import_publishing_polls``,
+``import_outcome``.
 ``reset()`` clears records and scripted trouble and restores the
 catalogue and tenant settings.
 
@@ -187,6 +188,7 @@ _RESTORED = [
     "capacities",
     "import_publishing_polls",
     "import_outcome",
+    "strict_profiles",
     *{_CONFIG_ATTRIBUTES.get(k, k) for k in _CONFIG_SCHEMA} - {"public_clients", "latency", "path_latency"},
 ]
 
@@ -247,6 +249,10 @@ class FakeUpstream:
         self.imports: dict[str, dict[str, Any]] = {}
         self.import_publishing_polls = 1  # reads of an import that answer "Publishing" before its outcome
         self.import_outcome = "Succeeded"  # or "Failed"
+        # A profile header naming a profile the emulator does not know (never created here, nor registered with
+        # add_profile) is refused as Power BI refuses it (401) when True; when False it acts with the calling
+        # app's own memberships, for tests that name profile ids without registering them.
+        self.strict_profiles = False
         self.latency = 0.0  # seconds added to every Power BI answer
         self.path_latency: dict[str, float] = {}  # path part -> seconds added to matching answers
         # Entra access token -> the 401 code Power BI answers it with although it is valid by time:

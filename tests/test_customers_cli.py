@@ -28,6 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE_HEADER = "x-powerbi-profile-id"
 
 
+@pytest.fixture(autouse=True)
+def strict_profiles(fake: FakeUpstream) -> None:
+    """As Power BI: a profile the emulator does not know is refused."""
+    fake.strict_profiles = True
+
+
 def service_principal(fake: FakeUpstream, **more: str) -> dict[str, str]:
     return {
         "POWERBI_AUTH_MODE": "ServicePrincipal",

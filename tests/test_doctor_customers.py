@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from azure.data.tables import TableClient
 
 from emulator import CLIENT_ID, TENANT_ID, USERNAME, WORKSPACE_ID, FakeUpstream
@@ -17,6 +18,12 @@ from tests.conftest import PASSWORD, SECRET
 from tests.test_doctor import run
 
 PROFILE_HEADER = "x-powerbi-profile-id"
+
+
+@pytest.fixture(autouse=True)
+def strict_profiles(fake: FakeUpstream) -> None:
+    """As Power BI: a profile the emulator does not know is refused."""
+    fake.strict_profiles = True
 
 
 def customer(fake: FakeUpstream, name: str, *, profile: bool = True) -> dict[str, Any]:

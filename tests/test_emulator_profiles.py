@@ -7,6 +7,7 @@ import io
 import zipfile
 from typing import Any
 
+import pytest
 import requests
 
 from emulator import CAPACITY_ID, CLIENT_ID, REPORT_ID, WORKSPACE_ID, FakeUpstream
@@ -14,6 +15,12 @@ from tests.test_emulator_powerbi import app_auth, pbi, refusal, user_auth
 
 PROFILE = "X-PowerBI-Profile-Id"
 NOT_AUTHORIZED = (401, "PowerBINotAuthorizedException", "")
+
+
+@pytest.fixture(autouse=True)
+def strict_profiles(fake: FakeUpstream) -> None:
+    """As Power BI: a profile the emulator does not know is refused."""
+    fake.strict_profiles = True
 
 
 def call(fake: FakeUpstream, method: str, auth: dict[str, str], path: str, **kwargs: Any) -> requests.Response:
@@ -215,3 +222,17 @@ def test_a_profile_can_be_made_a_member_of_existing_workspaces(fake: FakeUpstrea
     auth = as_profile(app_auth(fake), profile.upper())
     assert call(fake, "GET", auth, f"/groups/{WORKSPACE_ID}/reports/{REPORT_ID}").status_code == 200
     assert [g["id"] for g in call(fake, "GET", auth, "/groups").json()["value"]] == [WORKSPACE_ID]
+
+
+def test_without_strict_profiles_an_unknown_profile_acts_with_the_apps_memberships(fake: FakeUpstream) -> None:
+    fake.strict_profiles = False
+    app = app_auth(fake)
+    unknown = as_profile(app, "a0a0a0a0-1111-4111-8111-000000000001")
+    assert call(fake, "GET", unknown, f"/groups/{WORKSPACE_ID}/reports/{REPORT_ID}").status_code == 200
+    known = fake.add_profile("Contoso")  # a profile the emulator knows stays strict
+    assert refusal(call(fake, "GET", as_profile(app, known), f"/groups/{WORKSPACE_ID}/reports")) == NOT_AUTHORIZED
+    assert refusal(
+        call(fake, "GET", as_profile(user_auth(fake), "a0a0a0a0-1111-4111-8111-000000000001"), "/groups")
+    ) == (
+        NOT_AUTHORIZED  # never for a user
+    )
