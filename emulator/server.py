@@ -38,7 +38,8 @@ endpoint, and runs until Ctrl-C or SIGTERM.  ``--config`` is JSON with any of: `
 file]}, ``access_token_lifetime``, ``token_lifetimes`` {user or client id: seconds},
 ``embed_token_default_minutes``, ``sign_in_failures`` {user or client id: AADSTS code}, ``known_tenants``,
 ``allow_public_client_flows``, ``latency``, ``path_latency`` {path part: seconds}, ``service_principals_allowed``,
-``trial_tokens_left``, ``system_assigned_identity``, ``user_assigned_identities``, ``identity_header``.
+``trial_tokens_left``, ``system_assigned_identity``, ``user_assigned_identities``, ``identity_header``,
+``strict_profiles``.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ _CONFIG_SCHEMA = {
     "system_assigned_identity": str,
     "user_assigned_identities": [str],
     "identity_header": str,
+    "strict_profiles": bool,
 }
 _CONFIG_ATTRIBUTES = {"tenant_id": "tenant_guid"}
 # What reset() restores to its configured state: the catalogue and every setting a config file may set
@@ -188,7 +190,6 @@ _RESTORED = [
     "capacities",
     "import_publishing_polls",
     "import_outcome",
-    "strict_profiles",
     *{_CONFIG_ATTRIBUTES.get(k, k) for k in _CONFIG_SCHEMA} - {"public_clients", "latency", "path_latency"},
 ]
 

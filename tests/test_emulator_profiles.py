@@ -236,3 +236,10 @@ def test_without_strict_profiles_an_unknown_profile_acts_with_the_apps_membershi
     ) == (
         NOT_AUTHORIZED  # never for a user
     )
+
+
+def test_a_config_file_may_make_profiles_strict() -> None:
+    emulator = FakeUpstream().configure({"strict_profiles": True})
+    emulator.strict_profiles = False
+    emulator.reset()  # back to the configured value
+    assert emulator.strict_profiles is True
