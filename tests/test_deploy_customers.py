@@ -33,12 +33,8 @@ def customers_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def app_settings_call(recorded: list[dict[str, Any]]) -> dict[str, str]:
-    """The settings configure_app sent (the call carrying the thread count)."""
-    (call,) = [
-        c
-        for c in the(recorded, "functionapp", "config", "appsettings", "set")
-        if any(p.startswith("PYTHON_THREADPOOL_THREAD_COUNT=") for p in options(c)["--settings"])
-    ]
+    """The settings the run sent, in its one call."""
+    (call,) = the(recorded, "functionapp", "config", "appsettings", "set")
     return dict(pair.split("=", 1) for pair in options(call)["--settings"])
 
 
@@ -101,6 +97,7 @@ def test_sets_the_three_settings_with_an_identity_based_connection(twice: Runs) 
     assert (sent["POWERBI_CUSTOMERS_SOURCE"], sent["POWERBI_CUSTOMERS_TABLE"]) == ("table", "customers")
     assert sent["POWERBI_CUSTOMERS_CONNECTION"] == "CustomersStorage"
     assert sent["POWERBI_CUSTOMER_FROM"] == "claim:tid"
+    assert sent["CustomersStorage__tableServiceUri"] == ENDPOINT
     settings = state(twice.env)["appsettings"]["contoso-embed"]
     assert settings["CustomersStorage__tableServiceUri"] == ENDPOINT
     assert "CustomersStorage" not in settings  # no connection string, no account key
@@ -146,7 +143,6 @@ def test_without_the_flag_no_table_role_or_customers_setting(tmp_path: Path) -> 
     assert run(env).returncode == 0
     recorded = calls(env)
     assert not [c for c in recorded if words(c)[0] == "resource"]
-    assert not the(recorded, "functionapp", "config", "appsettings", "delete")
     assert not [name for name in state(env)["appsettings"]["contoso-embed"] if "CUSTOMER" in name.upper()]
 
 
