@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Deploy the Power BI embed-token function to Azure with the az CLI: a Flex Consumption
-# app (Python 3.11, system-assigned identity), its secrets in a Key Vault that uses RBAC,
-# platform CORS for the given origins, and the code deployed with a remote build.
+# app (Python 3.13 unless --python says otherwise, system-assigned identity), its secrets
+# in a Key Vault that uses RBAC, platform CORS for the given origins, and the code deployed
+# with a remote build; with --federated, a user-assigned identity the app registration
+# trusts instead of a secret.
 #
-# Safe to run again: every resource is looked up before it is created, and a role is
-# granted only when missing. No secret is ever put on a command line (where `ps` and
-# shell history would show it): each goes to Key Vault through a 0600 file that is
-# deleted afterwards, and the app reads it through a Key Vault reference.
+# Safe to run again, and a re-run converges: every resource is looked up before it is
+# created, a role is granted only when missing, and the function's own settings (POWERBI_*)
+# that a run does not set are removed from the app. No secret is ever put on a command line
+# (where `ps` and shell history would show it): each goes to Key Vault through a 0600 file
+# that is deleted afterwards, and the app reads it through a Key Vault reference.
+#
+# One function per concern (create_app, create_vault, create_redis, create_federated_identity,
+# configure_app, remove_stale_settings, configure_cors...), called in order from main.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
-readonly RUNTIME_VERSION=3.11
+# Python on Flex Consumption: 3.10 to 3.14 there (3.13 and 3.14 only there); the suite runs
+# on 3.11 and 3.13 (.ci/run). --python picks the version of a new app.
+readonly PYTHON_VERSIONS=(3.11 3.12 3.13 3.14)
+RUNTIME_VERSION=3.13
 # The settings that are secrets (as in shared/settings.py); every other POWERBI_* variable
 # set here becomes a plain app setting.
 readonly SECRET_SETTINGS=(POWERBI_PASSWORD POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE POWERBI_CACHE_URL POWERBI_CACHE_ENCRYPTION_KEY)
@@ -20,6 +29,14 @@ readonly EMULATOR_PORT=8443
 DRY_RUN=false
 DOCTOR=false
 REDIS=false
+FEDERATED=false
+# Entra ID's sign-in host and the token-exchange audience of each Power BI cloud (POWERBI_CLOUD),
+# as Microsoft documents them for federated identity credentials: set by federated_cloud.
+FEDERATED_HOST=login.microsoftonline.com
+FEDERATED_AUDIENCE=api://AzureADTokenExchange
+# What --federated sets instead of a client secret (create_federated_identity).
+FEDERATED_SETTINGS=()
+FEDERATED_PRINCIPAL=''
 # Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
 # more threads than the default min(32, CPUs + 4) (6 on 2 cores); 32 is the most the Python
 # worker allows. Measured: benchmarks/bench_fleet.py, docs/architecture.md "The thread pool".
@@ -27,14 +44,15 @@ readonly THREAD_COUNT=32
 
 usage() {
   cat <<'EOF'
-Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--resource-group NAME] [--location REGION]
-                        [--app-name NAME] [--cors-origins LIST] [--key-vault-name NAME]
-                        [--storage-account NAME]
+Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--federated] [--python 3.11|3.12|3.13|3.14]
+                        [--resource-group NAME] [--location REGION] [--app-name NAME]
+                        [--cors-origins LIST] [--key-vault-name NAME] [--storage-account NAME]
 
 Creates or reuses, in this order: the resource group, a storage account, a Flex Consumption
-function app (Python 3.11, system-assigned identity), a Key Vault with RBAC (the app may read
-its secrets, you may write them); stores the secrets; sets the app settings (secrets as Key
-Vault references); sets CORS; deploys the code with a remote build. Sign in first: az login.
+function app (Python 3.13 by default, system-assigned identity), a Key Vault with RBAC (the app
+may read its secrets, you may write them); stores the secrets; sets the app settings (secrets
+as Key Vault references) and removes the function's own settings (POWERBI_*) this run does not
+set; sets CORS; deploys the code with a remote build. Sign in first: az login.
 
 Inputs are environment variables (the flags above set the first six):
   RESOURCE_GROUP      resource group, created if missing
@@ -46,16 +64,20 @@ Inputs are environment variables (the flags above set the first six):
   KEY_VAULT_NAME      optional; default <APP_NAME>-kv (3-24 letters, digits, hyphens)
   STORAGE_ACCOUNT     optional; default <app name letters and digits>st (3-24 lowercase, digits)
   POWERBI_*           the function's settings (docs/settings.md): each one set becomes an app
-                      setting; unset ones are left as they are in Azure. Skipped, with a
-                      note: a name the function does not read, a ..._PATH (a file here; a
-                      certificate file goes to Key Vault instead) and a loopback or
-                      emulator URL (localhost, 127.0.0.1, port 8443).
+                      setting; a POWERBI_* app setting this run does not set is removed
+                      (the script names it), so the app has exactly this run's settings.
+                      Other app settings are never touched. Skipped, with a note: a name
+                      the function does not read, a ..._PATH (a file here; a certificate
+                      file goes to Key Vault instead), a loopback or emulator URL
+                      (localhost, 127.0.0.1, port 8443), and a secret the mode does not use.
                       POWERBI_RLS_USERNAME_SOURCE=principal also turns on CORS credentials.
 Secrets, stored in Key Vault, never as plain app settings:
   POWERBI_PASSWORD            MasterUser mode: required
   POWERBI_CLIENT_SECRET       ServicePrincipal mode: required unless a certificate is given
   POWERBI_CLIENT_CERTIFICATE  optional (PEM with its private key)
-  ManagedIdentity mode has no secret, so no Key Vault is made for it.
+  POWERBI_CACHE_URL, POWERBI_CACHE_ENCRYPTION_KEY  the shared cache, in every mode (or --redis)
+  ManagedIdentity mode, and ServicePrincipal mode with --federated, have no secret of their
+  own: a Key Vault is made only for the cache settings.
   A required secret missing from the environment is asked for (hidden) when a terminal is
   attached; without one (a pipeline) the script stops instead.
 
@@ -63,6 +85,18 @@ Options:
   --dry-run   print every az command instead of running it; needs no secret and no sign-in
   --doctor    afterwards, check the deployed settings from here with python -m shared.doctor
               (needs the function's requirements installed)
+  --python V  the Python version of a new app: 3.11, 3.12, 3.13 (default) or 3.14 (an existing
+              app keeps its version). The suite runs on 3.11 and 3.13.
+  --federated no secret to rotate (ServicePrincipal, or MasterUser with a confidential client):
+              a user-assigned identity (IDENTITY_NAME, default <APP_NAME>-signin) created or
+              reused and assigned to the app, and a federated identity credential on the app
+              registration POWERBI_CLIENT_ID that trusts it (issuer
+              https://login.microsoftonline.com/<tenant>/v2.0, or the cloud's, subject the
+              identity's principal id, audience api://AzureADTokenExchange, or the cloud's).
+              Sets POWERBI_CLIENT_ASSERTION=managed_identity and
+              POWERBI_MANAGED_IDENTITY_CLIENT_ID; stores no client secret or certificate.
+              Needs permission to change the app registration (its owner, or Application
+              Administrator).
   --redis     also a shared cache for all instances: an Azure Managed Redis with Entra ID
               authentication only (REDIS_NAME, default <APP_NAME>-redis; REDIS_SKU, default
               Balanced_B0), an access policy assignment for the app's identity, a generated
@@ -161,6 +195,12 @@ parse_args() {
     --dry-run) DRY_RUN=true ;;
     --doctor) DOCTOR=true ;;
     --redis) REDIS=true ;;
+    --federated) FEDERATED=true ;;
+    --python)
+      (($# >= 2)) || die "$1 needs a value"
+      RUNTIME_VERSION=$2
+      shift
+      ;;
     --resource-group | --location | --app-name | --cors-origins | --key-vault-name | --storage-account)
       (($# >= 2)) || die "$1 needs a value"
       local variable=${1#--}
@@ -189,6 +229,13 @@ check_inputs() {
   done
   [[ -n ${POWERBI_WORKSPACE_ID:-}${POWERBI_ALLOWED_WORKSPACES:-} ]] || missing+=("POWERBI_WORKSPACE_ID")
   ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (see --help)"
+  [[ " ${PYTHON_VERSIONS[*]} " == *" $RUNTIME_VERSION "* ]] ||
+    die "--python must be one of ${PYTHON_VERSIONS[*]} (Flex Consumption's), not '$RUNTIME_VERSION'"
+  if $FEDERATED; then
+    [[ $AUTH_MODE != ManagedIdentity ]] ||
+      die "--federated is for ServicePrincipal and MasterUser modes: ManagedIdentity mode already signs in as the app's identity"
+    federated_cloud
+  fi
   [[ $APP_NAME =~ ^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$ ]] ||
     die "APP_NAME must be 2-60 letters, digits and hyphens, not starting or ending with a hyphen"
 }
@@ -242,23 +289,27 @@ parse_origins() {
   ((${#ORIGINS[@]})) || die "CORS_ORIGINS names no origin"
 }
 
-# The secrets this mode uses (SECRETS: those to store), asking for a required one if missing.
+# The secrets this run stores (SECRETS), asking for a required one if missing; a secret given
+# that this run does not use is named, with the reason, and not stored.
 collect_secrets() {
-  local name value usable needed=()
+  local name value why needed=()
   case $AUTH_MODE in
-  MasterUser)
-    usable=("${SECRET_SETTINGS[@]}")
-    needed=(POWERBI_PASSWORD)
-    ;;
+  MasterUser) needed=(POWERBI_PASSWORD) ;;
   ServicePrincipal)
-    usable=(POWERBI_CLIENT_SECRET POWERBI_CLIENT_CERTIFICATE)
-    [[ -n ${POWERBI_CLIENT_CERTIFICATE:-}${POWERBI_CLIENT_CERTIFICATE_PATH:-} ]] || needed=(POWERBI_CLIENT_SECRET)
+    # A certificate, or an assertion (--federated, or an identity you set up yourself), replaces the secret.
+    $FEDERATED || [[ -n ${POWERBI_CLIENT_CERTIFICATE:-}${POWERBI_CLIENT_CERTIFICATE_PATH:-}${POWERBI_CLIENT_ASSERTION:-} ]] ||
+      needed=(POWERBI_CLIENT_SECRET)
     ;;
-  *) usable=() ;; # the app's own identity signs in: nothing secret
   esac
   SECRETS=("${needed[@]}")
-  for name in "${usable[@]}"; do
-    [[ -z ${!name:-} || " ${needed[*]} " == *" $name "* ]] || SECRETS+=("$name")
+  for name in "${SECRET_SETTINGS[@]}"; do
+    [[ -n ${!name:-} && " ${needed[*]} " != *" $name "* ]] || continue
+    why=$(unused_secret "$name")
+    if [[ -n $why ]]; then
+      say "skipped $name: $why"
+      continue
+    fi
+    SECRETS+=("$name")
   done
   for name in "${needed[@]}"; do
     [[ -z ${!name:-} ]] || continue
@@ -271,6 +322,26 @@ collect_secrets() {
   done
   # Keep the values in this shell only: no az process inherits them in its environment.
   export -n "${SECRET_SETTINGS[@]}"
+}
+
+# Why a secret given here is not stored in this run, or nothing if it is.
+unused_secret() {
+  case $1 in
+  POWERBI_PASSWORD)
+    [[ $AUTH_MODE == MasterUser ]] || printf 'only MasterUser mode signs in with a password (this is %s mode)' "$AUTH_MODE"
+    ;;
+  POWERBI_CLIENT_SECRET | POWERBI_CLIENT_CERTIFICATE)
+    if [[ $AUTH_MODE == ManagedIdentity ]]; then
+      printf "ManagedIdentity mode signs in as the app's identity, with no client credential"
+    elif $FEDERATED; then
+      printf -- "--federated signs in with the managed identity's token instead of a secret or certificate"
+    fi
+    ;;
+  POWERBI_CACHE_URL | POWERBI_CACHE_ENCRYPTION_KEY)
+    if $REDIS; then printf -- '--redis makes it and stores it in Key Vault'; fi
+    ;;
+  esac
+  return 0
 }
 
 build_package() {
@@ -306,6 +377,12 @@ create_app() {
   ensure "function app $APP_NAME" functionapp show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" -- \
     functionapp create --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --storage-account "$STORAGE_ACCOUNT" \
     --flexconsumption-location "$LOCATION" --runtime python --runtime-version "$RUNTIME_VERSION" --https-only true
+  local running
+  running=$(az_get "$RUNTIME_VERSION" functionapp show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --query functionAppConfig.runtime.version --output tsv)
+  if [[ $running != "$RUNTIME_VERSION" ]]; then
+    say "function app $APP_NAME runs Python $running: kept (--python $RUNTIME_VERSION applies to a new app)"
+  fi
   APP_IDENTITY=$(az_get '' functionapp identity show --name "$APP_NAME" \
     --resource-group "$RESOURCE_GROUP" --query principalId --output tsv)
   if [[ -z $APP_IDENTITY ]]; then
@@ -387,7 +464,9 @@ load_certificate_file() {
 # Why a value set here cannot work as an app setting in Azure, or nothing if it can.
 unusable_in_azure() {
   local name=$1 value=${2,,}
-  if [[ " ${SETTING_NAMES[*]} " != *" $name "* ]]; then
+  if $FEDERATED && [[ $name == POWERBI_CLIENT_ASSERTION || $name == POWERBI_MANAGED_IDENTITY_CLIENT_ID ]]; then
+    printf -- '--federated sets it (to the identity it assigns), so this value'
+  elif [[ " ${SETTING_NAMES[*]} " != *" $name "* ]]; then
     printf 'not a setting of the function'
   elif [[ $name == *_PATH ]]; then
     printf 'a path to a file on this machine'
@@ -398,7 +477,7 @@ unusable_in_azure() {
 }
 
 configure_app() {
-  local settings=() name origin current missing=() why
+  local settings=() name why
   for name in $(compgen -v POWERBI_); do
     [[ -z ${!name:-} || " ${SECRET_SETTINGS[*]} " == *" $name "* ]] && continue
     why=$(unusable_in_azure "$name" "${!name}")
@@ -408,12 +487,40 @@ configure_app() {
     fi
     settings+=("$name=${!name}")
   done
-  settings+=("PYTHON_THREADPOOL_THREAD_COUNT=$THREAD_COUNT")
+  settings+=("${FEDERATED_SETTINGS[@]}" "PYTHON_THREADPOOL_THREAD_COUNT=$THREAD_COUNT")
   # --output none: the command would otherwise print every setting, storage keys included.
   az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
     --settings "${settings[@]}" "${SECRET_REFERENCES[@]}" --output none
   say "app settings: ${#settings[@]} values, ${#SECRET_REFERENCES[@]} Key Vault references"
+  remove_stale_settings "${settings[@]}" "${SECRET_REFERENCES[@]}"
+}
 
+# `remove_stale_settings NAME=VALUE...`: the function's own settings (POWERBI_*) in Azure that
+# this run did not set are removed, so a re-deploy converges: a secret replaced by a
+# certificate leaves no POWERBI_CLIENT_SECRET behind (the function refuses both). Settings
+# that are not the function's (the platform's, storage, PYTHON_*) are never touched.
+remove_stale_settings() {
+  local kept=" ${*%%=*} " current name stale=()
+  current=$(az_get '' functionapp config appsettings list --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --query '[].name' --output tsv)
+  while IFS= read -r name; do
+    if [[ $name == POWERBI_* && $kept != *" $name "* ]]; then stale+=("$name"); fi
+  done <<<"$current"
+  if $DRY_RUN; then
+    show_command az functionapp config appsettings delete --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+      --setting-names '<each POWERBI_* setting in Azure that this run does not set>' --output none
+    say "stale settings: a real run removes the POWERBI_* settings in Azure that this run does not set, and names them"
+  elif ((${#stale[@]})); then
+    az_do functionapp config appsettings delete --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+      --setting-names "${stale[@]}" --output none
+    say "removed ${stale[*]}: in Azure from an earlier run, not set by this one"
+  else
+    say "stale settings: none (every POWERBI_* setting in Azure is one this run set)"
+  fi
+}
+
+configure_cors() {
+  local origin current missing=()
   current=$(az_get '' functionapp cors show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
     --query allowedOrigins --output tsv)
   for origin in "${ORIGINS[@]}"; do
@@ -485,6 +592,9 @@ run_doctor() {
 # password. The encryption key is made once and kept in Key Vault; a later run reuses it.
 create_redis() {
   local name=${REDIS_NAME:-${APP_NAME,,}-redis} host assigned assignment file
+  # The identity the function signs in to Redis with: POWERBI_MANAGED_IDENTITY_CLIENT_ID's when set
+  # (--federated sets it), else the system-assigned one.
+  local principal=${FEDERATED_PRINCIPAL:-$APP_IDENTITY}
   [[ $name =~ ^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$ && ${#name} -le 60 ]] ||
     die "REDIS_NAME '$name' must be 1-60 letters, digits and single hyphens"
   ensure "managed redis $name" redisenterprise show --name "$name" --resource-group "$RESOURCE_GROUP" -- \
@@ -494,13 +604,13 @@ create_redis() {
     --eviction-policy VolatileLRU --access-keys-auth Disabled
   assigned=$(az_get '' redisenterprise database access-policy-assignment list --cluster-name "$name" \
     --resource-group "$RESOURCE_GROUP" --database-name default --query '[].user.objectId' --output tsv)
-  if grep -qixF -- "$APP_IDENTITY" <<<"$assigned"; then
+  if grep -qixF -- "$principal" <<<"$assigned"; then
     say "function app's access to $name: yes"
   else
-    assignment="app${APP_IDENTITY//-/}" # the CLI takes letters and digits only here
+    assignment="app${principal//-/}" # the CLI takes letters and digits only here
     with_retries az_do redisenterprise database access-policy-assignment create --cluster-name "$name" \
       --resource-group "$RESOURCE_GROUP" --database-name default --access-policy-assignment-name "${assignment:0:60}" \
-      --access-policy-name default --object-id "$APP_IDENTITY" --output none ||
+      --access-policy-name default --object-id "$principal" --output none ||
       die "could not give the function app access to $name"
     say "function app's access to $name: granted (access policy 'default')"
   fi
@@ -534,6 +644,59 @@ add_reference() {
   SECRET_REFERENCES+=("$1=@Microsoft.KeyVault(SecretUri=https://$KEY_VAULT_NAME.vault.azure.net/secrets/$(secret_name "$1")/)")
 }
 
+# --- --federated: no secret to rotate ---------------------------------------------------------
+# The app registration trusts a user-assigned identity of its own tenant (Microsoft: "Configure an
+# application to trust a managed identity"): the function gets that identity's token for the
+# token-exchange audience and signs in with it as the client assertion.
+
+# Entra ID's host and the token-exchange audience of POWERBI_CLOUD (shared/settings.py's clouds).
+federated_cloud() {
+  case ${POWERBI_CLOUD:-Public} in
+  Public | USGov) ;; # USGov (GCC) signs in with commercial Entra ID
+  USGovHigh | USGovDoD) FEDERATED_HOST=login.microsoftonline.us FEDERATED_AUDIENCE=api://AzureADTokenExchangeUSGov ;;
+  China) FEDERATED_HOST=login.chinacloudapi.cn FEDERATED_AUDIENCE=api://AzureADTokenExchangeChina ;;
+  *) die "POWERBI_CLOUD must be Public, USGov, USGovHigh, USGovDoD or China" ;;
+  esac
+}
+
+create_federated_identity() {
+  local name=${IDENTITY_NAME:-${APP_NAME}-signin} identity_id client_id subject assigned tenant issuer trusted
+  [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9_-]{2,127}$ ]] ||
+    die "IDENTITY_NAME '$name' must be 3-128 letters, digits, hyphens and underscores"
+  ensure "user-assigned identity $name" identity show --name "$name" --resource-group "$RESOURCE_GROUP" -- \
+    identity create --name "$name" --resource-group "$RESOURCE_GROUP" --location "$LOCATION"
+  identity_id=$(az_get '<identity-resource-id>' identity show --name "$name" --resource-group "$RESOURCE_GROUP" \
+    --query id --output tsv)
+  client_id=$(az_get '<identity-client-id>' identity show --name "$name" --resource-group "$RESOURCE_GROUP" \
+    --query clientId --output tsv)
+  subject=$(az_get '<identity-principal-id>' identity show --name "$name" --resource-group "$RESOURCE_GROUP" \
+    --query principalId --output tsv)
+
+  assigned=$(az_get '' functionapp identity show --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+    --query userAssignedIdentities --output json)
+  if grep -qiF -- "\"$identity_id\"" <<<"$assigned"; then
+    say "identity $name on the function app: yes"
+  else
+    az_do functionapp identity assign --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
+      --identities "$identity_id" --output none
+    say "identity $name on the function app: assigned"
+  fi
+
+  tenant=$(az_get '<tenant-id>' account show --query tenantId --output tsv)
+  issuer="https://$FEDERATED_HOST/$tenant/v2.0"
+  trusted=$(az_get '' ad app federated-credential list --id "$POWERBI_CLIENT_ID" --query '[].subject' --output tsv)
+  if grep -qixF -- "$subject" <<<"$trusted"; then
+    say "app registration $POWERBI_CLIENT_ID trusts identity $name: yes"
+  else
+    with_retries az_do ad app federated-credential create --id "$POWERBI_CLIENT_ID" --parameters \
+      "{\"name\": \"${APP_NAME}-${subject}\", \"issuer\": \"$issuer\", \"subject\": \"$subject\", \"audiences\": [\"$FEDERATED_AUDIENCE\"], \"description\": \"Power BI embed function $APP_NAME signs in with identity $name\"}" \
+      --output none || die "could not add the federated identity credential to app registration $POWERBI_CLIENT_ID (are you its owner?)"
+    say "app registration $POWERBI_CLIENT_ID trusts identity $name: added (issuer $issuer, subject $subject, audience $FEDERATED_AUDIENCE)"
+  fi
+  FEDERATED_SETTINGS=(POWERBI_CLIENT_ASSERTION=managed_identity "POWERBI_MANAGED_IDENTITY_CLIENT_ID=$client_id")
+  FEDERATED_PRINCIPAL=$subject
+}
+
 main() {
   parse_args "$@"
   check_inputs
@@ -549,6 +712,7 @@ main() {
   $DRY_RUN && say "dry run: printing the az commands, running none"
   deployer_identity
   create_app
+  if $FEDERATED; then create_federated_identity; fi
   SECRET_REFERENCES=()
   if ((${#SECRETS[@]})) || $REDIS; then
     create_vault
@@ -557,6 +721,7 @@ main() {
   fi
   if $REDIS; then create_redis; fi
   configure_app
+  configure_cors
   deploy_code
   summary
   if $DOCTOR; then run_doctor; fi

@@ -8,6 +8,10 @@ certificate (``client_assertion_type=urn:ietf:params:oauth:client-assertion-type
 by its ``x5t`` / ``x5t#S256`` header; ``aud`` must be this token endpoint, ``iss`` = ``sub`` = the client
 id, ``exp`` in the future).  Failures answer Entra's ``AADSTS`` JSON (see ``_AADSTS``).
 
+Federated credentials (:mod:`emulator.federated`): a client assertion without a certificate thumbprint is
+checked as a managed identity's token against the app's ``federated_credentials`` (AADSTS700211, 700213,
+70021 when none matches), and the managed identity endpoint answers a signed JWT for a token-exchange audience.
+
 Managed identity (App Service protocol, which MSAL's ``ManagedIdentityClient`` uses when IDENTITY_ENDPOINT
 and IDENTITY_HEADER are set): ``GET {endpoint}?resource=...&api-version=2019-08-01[&client_id=...]`` with
 ``X-IDENTITY-HEADER``, served over plain HTTP on 127.0.0.1 as App Service does.
@@ -33,6 +37,7 @@ from cryptography.x509.oid import NameOID
 from requests.adapters import HTTPAdapter
 from werkzeug.wrappers import Request, Response
 
+from emulator import federated
 from emulator.catalog import POWERBI_RESOURCE, same
 from emulator.wire import b64url, b64url_decode, json_response
 from shared.http import new_session
@@ -124,6 +129,7 @@ _AADSTS: dict[int, tuple[str, str]] = {
         "portal to create new keys for your app: https://aka.ms/NewClientSecret.",
     ),
     9002313: ("invalid_request", "Invalid request. Request is malformed or invalid."),
+    **federated.MESSAGES,
 }
 
 
@@ -176,8 +182,10 @@ def make_client_certificate(common_name: str = "powerbi-embed") -> ClientCertifi
 
 
 def entra_error(fake: FakeUpstream, request: Request, code: int, error: str | None = None, **context: str) -> Response:
-    """Entra's error JSON; 401 for invalid_client, else 400."""
+    """Entra's error JSON; 401 for invalid_client, else 400. A ``message`` in ``context`` replaces the code's
+    usual one (Entra words some codes differently by cause)."""
     default_error, template = _AADSTS.get(code, ("invalid_request", "Injected sign-in failure."))
+    template = context.pop("message", "") or template
     error = error or default_error
     stamp = dt.datetime.fromtimestamp(fake.clock(), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     trace = str(uuid.uuid4())
@@ -270,7 +278,7 @@ def token(fake: FakeUpstream, request: Request, body: Any, tenant: str) -> Respo
     if grant not in _REQUIRED:
         return fail(70003)
     certificates = fake.client_certificates.get(client_id, [])
-    if client_id not in fake.clients and not certificates:
+    if client_id not in fake.clients and not certificates and client_id not in fake.federated_credentials:
         return fail(700016)
     user = form.get("username", "")
     if grant == "refresh_token":
@@ -303,7 +311,7 @@ def _client_authentication(
     form, client_id = request.form, ctx["client"]
     assertion = form.get("client_assertion")
     expected = fake.clients.get(client_id)
-    public = expected is None and not certificates
+    public = expected is None and not certificates and not fake.federated_credentials.get(client_id)
     if public and (secret is not None or assertion is not None):
         return entra_error(fake, request, 700025, **ctx)
     if assertion is not None:
@@ -322,17 +330,23 @@ def _client_authentication(
 def _assertion_failure(
     fake: FakeUpstream, assertion: str, client_id: str, endpoint: str, certificates: list[str]
 ) -> tuple[int, dict[str, str]] | None:
-    """Check a client assertion (RFC 7523) the way Entra does; (AADSTS code, message context) or None."""
+    """Check a client assertion (RFC 7523) the way Entra does; (AADSTS code, message context) or None.
+
+    One that names a certificate by thumbprint (``x5t``) is the app's own, signed with its certificate; any
+    other is a federated credential's token (a managed identity's, here)."""
     try:
         header_b64, claims_b64, signature_b64 = assertion.split(".")
         header, claims = (json.loads(b64url_decode(part)) for part in (header_b64, claims_b64))
         signature = b64url_decode(signature_b64)
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise ValueError("not a JWT")
     except ValueError:
         return 50027, {"reason": "JWT token is malformed."}
     x5t, sha256 = header.get("x5t"), header.get("x5t#S256")
     if not (x5t or sha256):
-        return 50027, {"reason": "No certificate thumbprint specified in token header."}
-    thumbprint = b64url_decode(sha256 or x5t).hex().upper()
+        signed = f"{header_b64}.{claims_b64}".encode()
+        return federated.assertion_failure(fake, header, claims, signed, signature, client_id)
+    thumbprint = b64url_decode(str(sha256 or x5t)).hex().upper()
     cert = next((c for c in map(_load_cert, certificates) if thumbprint in _thumbprints(c)), None)
     if cert is None:
         return 700027, {"reason": "The key was not found.", "thumbprint": thumbprint}
@@ -451,6 +465,18 @@ def managed_identity(fake: FakeUpstream, request: Request, body: Any) -> Respons
         identity = next((i for i in fake.user_assigned_identities if wanted and same(i, wanted)), None)
     if identity is None:
         return _mi_error(400, "Unable to load the proper Managed Identity.")
+    if resource in federated.TOKEN_EXCHANGE_AUDIENCES:  # a JWT Entra ID itself accepts as a client assertion
+        assertion, expires_at = federated.exchange_token(fake, identity, resource)
+        return json_response(
+            200,
+            {
+                "access_token": assertion,
+                "expires_on": str(expires_at),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": identity,
+            },
+        )
     access_token = new_access_token(fake, identity, identity, resource, "App")
     return json_response(
         200,

@@ -35,7 +35,9 @@ endpoint, and runs until Ctrl-C or SIGTERM.  ``--config`` is JSON with any of: `
 file]}, ``access_token_lifetime``, ``token_lifetimes`` {user or client id: seconds},
 ``embed_token_default_minutes``, ``sign_in_failures`` {user or client id: AADSTS code}, ``known_tenants``,
 ``allow_public_client_flows``, ``latency``, ``path_latency`` {path part: seconds}, ``service_principals_allowed``,
-``trial_tokens_left``, ``system_assigned_identity``, ``user_assigned_identities``, ``identity_header``.
+``trial_tokens_left``, ``system_assigned_identity``, ``user_assigned_identities``, ``identity_header``,
+``identity_principals`` {identity client id: object id}, ``federated_credentials`` {app client id: [{``issuer``,
+``subject``, ``audiences``, ``name``}]} (see :mod:`emulator.federated`).
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ from emulator.catalog import (
     USERNAME,
 )
 from emulator.entra import ClientCertificate, IssuedAccessToken, make_client_certificate
+from emulator.federated import FederatedCredential, SigningKey, credential_from_json, issuer, principal_id
 from emulator.powerbi import IssuedEmbedToken
-from emulator.wire import Map, json_response, pbi_error, schema_error
+from emulator.wire import Map, Req, json_response, pbi_error, schema_error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -165,6 +168,8 @@ _CONFIG_SCHEMA = {
     "system_assigned_identity": str,
     "user_assigned_identities": [str],
     "identity_header": str,
+    "identity_principals": Map(str),
+    "federated_credentials": Map([{"issuer": Req(str), "subject": Req(str), "audiences": [str], "name": str}]),
 }
 _CONFIG_ATTRIBUTES = {"tenant_id": "tenant_guid"}
 # What reset() restores to its configured state: the catalogue and every setting a config file may set
@@ -220,6 +225,10 @@ class FakeUpstream:
         self.system_assigned_identity: str | None = MANAGED_IDENTITY_CLIENT_ID  # None: the app has none
         self.user_assigned_identities: set[str] = {USER_ASSIGNED_CLIENT_ID}
         self.identity_header = secrets.token_urlsafe(24)  # what App Service puts in IDENTITY_HEADER
+        self.identity_principals: dict[str, str] = {}  # identity client id -> object id (else derived)
+        # App client id -> the federated identity credentials of its registration (emulator.federated).
+        self.federated_credentials: dict[str, list[FederatedCredential]] = {}
+        self.identity_signing_key = SigningKey()  # signs the managed identity's token-exchange JWTs
         # Power BI: tenant settings and capacity.
         self.service_principals_allowed = True  # the tenant setting "Service principals can use Fabric APIs"
         self.trial_tokens_left: int | None = None  # embed tokens left on shared capacity; None = no limit
@@ -256,6 +265,9 @@ class FakeUpstream:
         for key, value in config.items():
             if key == "public_clients":
                 self.clients.update(dict.fromkeys(value))
+            elif key == "federated_credentials":
+                for client, credentials in value.items():
+                    self.federated_credentials.setdefault(client, []).extend(map(credential_from_json, credentials))
             elif key == "client_certificates":
                 for client, pems in value.items():
                     texts = [p if "-----BEGIN" in p else ((base or Path()) / p).read_text() for p in pems]
@@ -339,6 +351,21 @@ class FakeUpstream:
             with self._lock:
                 self.client_certificates.setdefault(client_id, []).append(certificate.cert_pem)
         return certificate
+
+    def trust_managed_identity(
+        self, client_id: str, identity_client_id: str, audience: str = "api://AzureADTokenExchange"
+    ) -> FederatedCredential:
+        """Add to the app ``client_id`` a federated credential that trusts the user-assigned identity
+        ``identity_client_id`` (its object id as the subject, Entra's issuer for this tenant), as
+        ``az ad app federated-credential create`` does; the credential is returned."""
+        credential = FederatedCredential(issuer(self), self.principal_id(identity_client_id), (audience,))
+        with self._lock:
+            self.federated_credentials.setdefault(client_id, []).append(credential)
+        return credential
+
+    def principal_id(self, identity_client_id: str) -> str:
+        """The object (principal) id of the managed identity with this client id."""
+        return principal_id(self, identity_client_id)
 
     def set_member(self, workspace_id: str, principal: str, role: str | None) -> None:
         """Make ``principal`` (a user's name, or an app's client id) ``role`` in the workspace; None removes it."""

@@ -1,20 +1,20 @@
 """The one-command demo (``make demo``): the emulator, the function and the web sample, until Ctrl-C.
 
-Starts three processes from the repository root, each in its own process group so that Ctrl-C reaches
-only this launcher, which then stops them in reverse order:
+Starts three processes from the repository root, in one process group of their own (led by
+scripts/demo_guard.py) so that Ctrl-C reaches only this launcher, which then stops them in reverse order:
 
 1. ``python -m emulator.server``: fake Entra ID + Power BI over HTTPS on 8443, its CA in .emulator/ca.pem;
 2. ``python -m emulator.host --emulator``: the function app on 7071 with the emulator profile;
 3. ``python -m http.server``: web/ on 8080, another origin than the function's, so CORS is exercised.
 
 Each is polled until it answers, then the URLs to open and a ``curl`` line that gets a token are printed.
-Their output is shown prefixed with their name.
+Their output is shown prefixed with their name. However the launcher ends (Ctrl-C, an error, SIGKILL, a closed
+terminal), the guard then ends whatever of the group is left, so the ports are free for the next run.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -89,18 +89,51 @@ def pump(name: str, stream: object) -> None:
         sys.stdout.flush()
 
 
-def start(service: Service) -> subprocess.Popen[str]:
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-        [sys.executable, *service.args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the children itself
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    threading.Thread(target=pump, args=(service.name, process.stdout), daemon=True).start()
-    return process
+class ProcessGroup:
+    """The demo's processes, in one process group that does not outlive the launcher.
+
+    Its leader is scripts/demo_guard.py, which waits for its standard input (a pipe only this process writes
+    to) to close, that is for this launcher to end, however it ends, and then ends the whole group. The group
+    is a new one in the launcher's session: Ctrl-C at the terminal reaches the launcher only.
+    """
+
+    def __init__(self) -> None:
+        self.guard = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, str(ROOT / "scripts" / "demo_guard.py")], stdin=subprocess.PIPE, process_group=0
+        )
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter, the pinned CLI, fixed arguments
+            command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            process_group=self.guard.pid,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+        )
+        threading.Thread(target=pump, args=(name, process.stdout), daemon=True).start()
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        """SIGTERM to each process, newest first, then SIGKILL after 10 s; then the guard sweeps the group
+        (what the processes started themselves, such as the SWA CLI's server).
+
+        Not SIGINT: a process started with SIGINT ignored (``make demo &`` from a script) passes that on.
+        """
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        assert self.guard.stdin is not None
+        self.guard.stdin.close()
+        self.guard.wait(timeout=30)
 
 
 def wait_ready(service: Service, process: subprocess.Popen[str], stopping: Callable[[], bool]) -> bool:
@@ -115,21 +148,6 @@ def wait_ready(service: Service, process: subprocess.Popen[str], stopping: Calla
     if not stopping():
         print(f"demo: the {service.name} did not answer {service.ready_url} within {READY_SECONDS:.0f} s.")
     return False
-
-
-def stop(processes: list[subprocess.Popen[str]]) -> None:
-    """SIGTERM to each process group, newest first, then SIGKILL after 10 s.
-
-    Not SIGINT: a process started with SIGINT ignored (``make demo &`` from a script) passes that on.
-    """
-    for process in reversed(processes):
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def banner() -> str:
@@ -161,22 +179,22 @@ def main() -> int:
     interrupted = stop_on_signals()
     CA.parent.mkdir(exist_ok=True)
     CA.unlink(missing_ok=True)  # a CA left by an earlier run would not match the new emulator's certificate
-    processes: list[subprocess.Popen[str]] = []
+    group = ProcessGroup()
     try:
         for service in SERVICES:
-            processes.append(start(service))
-            if not wait_ready(service, processes[-1], interrupted.is_set):
+            process = group.start(service.name, [sys.executable, *service.args], dict(os.environ))
+            if not wait_ready(service, process, interrupted.is_set):
                 return 0 if interrupted.is_set() else 1
         print(banner(), flush=True)
         while not interrupted.wait(0.5):
-            for service, process in zip(SERVICES, processes, strict=True):
+            for service, process in zip(SERVICES, group.processes, strict=True):
                 if process.poll() is not None:
                     print(f"demo: the {service.name} stopped (exit code {process.returncode}); stopping the rest.")
                     return 1
         return 0
     finally:
         print("demo: stopping…", flush=True)
-        stop(processes)
+        group.stop()
         print("demo: stopped.", flush=True)
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from demo import CA, EMULATOR_PORT, HOST_PORT, SERVICES, Service, answers, port_free, pump  # noqa: E402
+from demo import CA, EMULATOR_PORT, HOST_PORT, SERVICES, ProcessGroup, Service, answers, port_free  # noqa: E402
 
 from emulator import RLS_REPORT_ID, RLS_ROLES  # noqa: E402
 from emulator.host import stop_on_signals  # noqa: E402
@@ -53,20 +52,6 @@ def swa_command() -> list[str]:
         "--host",
         "127.0.0.1",
     ]
-
-
-def launch(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter, the pinned CLI, fixed arguments
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-    threading.Thread(target=pump, args=(name, process.stdout), daemon=True).start()
-    return process
 
 
 def banner() -> str:
@@ -102,24 +87,22 @@ def main() -> int:
         (s.name, [sys.executable, *s.args], s.ready_url) for s in SERVICES if isinstance(s, Service) and s.name != "web"
     ]
     steps.append(("swa", swa_command(), f"http://127.0.0.1:{SWA_PORT}/embed.js"))
-    processes: list[subprocess.Popen[str]] = []
+    group = ProcessGroup()  # the services end with this launcher, however it ends
     try:
         for name, command, ready in steps:
-            processes.append(launch(name, command, env))
-            if not wait_ready(name, processes[-1], ready, interrupted.is_set):
+            process = group.start(name, command, env)
+            if not wait_ready(name, process, ready, interrupted.is_set):
                 return 0 if interrupted.is_set() else 1
         print(banner(), flush=True)
         while not interrupted.wait(0.5):
-            for (name, _, _), process in zip(steps, processes, strict=True):
+            for (name, _, _), process in zip(steps, group.processes, strict=True):
                 if process.poll() is not None:
                     print(f"demo-swa: the {name} stopped (exit code {process.returncode}); stopping the rest.")
                     return 1
         return 0
     finally:
         print("demo-swa: stopping…", flush=True)
-        from demo import stop
-
-        stop(processes)
+        group.stop()
         print("demo-swa: stopped.", flush=True)
 
 

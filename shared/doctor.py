@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from shared.entra import AccessToken
 from shared.errors import ConfigurationError, EmbedError, Throttled
 from shared.http import call_context
 from shared.powerbi import Bearer
-from shared.settings import KEY_VAULT_REFERENCE, SECRET_SETTINGS, SETTING_NAMES, Settings, ignored_settings
+from shared.settings import CLOUDS, KEY_VAULT_REFERENCE, SECRET_SETTINGS, SETTING_NAMES, Settings, ignored_settings
 
 DEADLINE_SECONDS = 60.0  # a person is waiting, but the doctor makes many calls
 _PLACEHOLDER_WORKSPACE = "00000000-0000-0000-0000-000000000000"
@@ -171,11 +172,39 @@ def check_sign_in(service: EmbedService, report: Report) -> AccessToken | None:
     try:
         token = service.tokens.token(0)
     except EmbedError as error:
-        report.fail(error.message)
+        report.fail(error.message, federated_fix(service, error))
         return None
     minutes = (token.expires_at - SYSTEM_CLOCK.now()) / 60
     report.ok(f"signed in as {identity(settings)}; the token is valid for {minutes:.0f} more minutes")
     return token
+
+
+# Entra's refusals of a managed identity's token as the client assertion: no federated identity credential
+# of the app registration matches its issuer (700211), its subject (700213), or all three with the audience.
+_FEDERATED_REFUSALS = re.compile(r"AADSTS(700211|700213|70021)\b")
+
+
+def federated_fix(service: EmbedService, error: EmbedError) -> str:
+    """For POWERBI_CLIENT_ASSERTION=managed_identity refused by Entra: the credential the app must hold."""
+    sign_in = service.settings.sign_in
+    if not sign_in.client_assertion or not _FEDERATED_REFUSALS.search(error.message):
+        return ""
+    presented = service.tokens.assertion.presented() if service.tokens.assertion else {}
+    tenant = presented.get("tid") or f"<the id of tenant {sign_in.tenant_id}>"
+    host = CLOUDS[sign_in.cloud].authority_host
+    issuer = presented.get("iss") or f"{host}/{tenant}/v2.0"
+    subject = presented.get("sub") or (
+        f"<the object id of identity {sign_in.managed_identity_client_id}: az identity list "
+        f"--query \"[?clientId=='{sign_in.managed_identity_client_id}'].principalId\" -o tsv>"
+    )
+    audience = sign_in.federated_audience
+    parameters = json.dumps({"name": "powerbi-embed", "issuer": issuer, "subject": subject, "audiences": [audience]})
+    return (
+        f"the app registration {sign_in.client_id} must trust the managed identity: a federated identity "
+        f"credential with issuer {issuer}, subject {subject} and audience {audience} "
+        f"(az ad app federated-credential create --id {sign_in.client_id} --parameters '{parameters}'; "
+        "deploy/deploy.sh --federated adds it)"
+    )
 
 
 def list_everything(service: EmbedService, token: AccessToken, report: Report) -> bool:

@@ -29,6 +29,7 @@ import jwt
 import msal
 import requests
 
+from shared.assertion import AssertionRefused, ManagedIdentityAssertion
 from shared.clock import Clock
 from shared.errors import (
     ConfigurationError,
@@ -133,6 +134,8 @@ class EntraTokenProvider:
         self._http = MsalHttpClient(http)
         self._cache = msal.TokenCache()
         self._app: msal.ClientApplication | msal.ManagedIdentityClient | None = None
+        # POWERBI_CLIENT_ASSERTION=managed_identity: the trusted identity's token, MSAL's client assertion.
+        self.assertion: ManagedIdentityAssertion | None = None
         self._lock = threading.Lock()
         # Everything the process holds that could sign in, kept out of every log line.
         certificate = settings.sign_in.client_certificate
@@ -189,8 +192,13 @@ class EntraTokenProvider:
                 "http_client": self._http,
                 "token_cache": self._cache,
             }
-            credential: str | dict[str, str] | None = s.sign_in.client_secret
-            if s.sign_in.client_certificate:
+            credential: str | dict[str, Any] | None = s.sign_in.client_secret
+            if s.sign_in.client_assertion:
+                self.assertion = ManagedIdentityAssertion(
+                    s.sign_in.managed_identity_client_id or "", s.sign_in.federated_audience, self._http
+                )
+                credential = {"client_assertion": self.assertion}
+            elif s.sign_in.client_certificate:
                 # MSAL computes the thumbprint (SHA-256) from the certificate itself.
                 credential = {
                     "private_key": s.sign_in.client_certificate.private_key,
@@ -230,6 +238,8 @@ class EntraTokenProvider:
                     )
         except _MSAL_FAILURES as exc:
             raise self._failure(exc, "token") from exc
+        except AssertionRefused as exc:  # the managed identity behind the client assertion got no token
+            raise self._refusal(exc.identity, exc.result) from None
         if "access_token" not in result:
             raise self._refusal(app, result)
         self._register_tokens(result)

@@ -178,6 +178,14 @@ AADSTS_HINTS: dict[int, str] = {
     7000215: "the client secret is wrong: check POWERBI_CLIENT_SECRET (the secret's value, not its id)",
     7000222: "the client secret has expired: create a new one and update POWERBI_CLIENT_SECRET",
     90002: "the tenant was not found: check POWERBI_TENANT_ID",
+    # POWERBI_CLIENT_ASSERTION=managed_identity: the app registration must trust the identity (a federated
+    # identity credential); the doctor names the issuer and subject to trust.
+    700211: "the app registration has no federated identity credential for the managed identity's issuer: add "
+    "one for https://login.microsoftonline.com/<tenant id>/v2.0 (or your cloud's), or run python -m shared.doctor",
+    700213: "the app registration's federated identity credential names another subject: it must be the object "
+    "(principal) id of the identity POWERBI_MANAGED_IDENTITY_CLIENT_ID names",
+    70021: "no federated identity credential of the app registration matches the managed identity's token "
+    "(issuer, subject and audience api://AzureADTokenExchange, or your cloud's): run python -m shared.doctor",
 }
 
 

@@ -41,6 +41,9 @@ class Cloud:
     authority_host: str
     api_url: str
     resource: str
+    # The audience of a managed identity's token that an app registration trusts as its credential
+    # (a federated identity credential), as Microsoft documents it for this cloud's Entra ID.
+    federated_audience: str = "api://AzureADTokenExchange"
 
 
 CLOUDS: dict[str, Cloud] = {
@@ -56,14 +59,19 @@ CLOUDS: dict[str, Cloud] = {
         "https://login.microsoftonline.us",
         "https://api.high.powerbigov.us",
         "https://high.analysis.usgovcloudapi.net/powerbi/api",
+        "api://AzureADTokenExchangeUSGov",
     ),
     "USGovDoD": Cloud(
         "https://login.microsoftonline.us",
         "https://api.mil.powerbigov.us",
         "https://mil.analysis.usgovcloudapi.net/powerbi/api",
+        "api://AzureADTokenExchangeUSGov",
     ),
     "China": Cloud(
-        "https://login.chinacloudapi.cn", "https://api.powerbi.cn", "https://analysis.chinacloudapi.cn/powerbi/api"
+        "https://login.chinacloudapi.cn",
+        "https://api.powerbi.cn",
+        "https://analysis.chinacloudapi.cn/powerbi/api",
+        "api://AzureADTokenExchangeChina",
     ),
 }
 
@@ -76,6 +84,7 @@ SETTING_NAMES = (
     "POWERBI_CLIENT_SECRET",
     "POWERBI_CLIENT_CERTIFICATE",
     "POWERBI_CLIENT_CERTIFICATE_PATH",
+    "POWERBI_CLIENT_ASSERTION",
     "POWERBI_USERNAME",
     "POWERBI_PASSWORD",
     "POWERBI_MANAGED_IDENTITY_CLIENT_ID",
@@ -139,7 +148,14 @@ _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICA
 _PEM_KEY = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.DOTALL)
 
 # What a sign-in mode never reads: a value there (even an unresolved Key Vault reference) is ignored.
-_CLIENT_CREDENTIALS = ("POWERBI_CLIENT_SECRET", "POWERBI_CLIENT_CERTIFICATE", "POWERBI_CLIENT_CERTIFICATE_PATH")
+_CLIENT_CREDENTIALS = (
+    "POWERBI_CLIENT_SECRET",
+    "POWERBI_CLIENT_CERTIFICATE",
+    "POWERBI_CLIENT_CERTIFICATE_PATH",
+    "POWERBI_CLIENT_ASSERTION",
+)
+# POWERBI_CLIENT_ASSERTION's one value: the app registration trusts a user-assigned managed identity.
+MANAGED_IDENTITY_ASSERTION = "managed_identity"
 _USER_CREDENTIALS = ("POWERBI_USERNAME", "POWERBI_PASSWORD")
 _UNUSED_BY_MODE: dict[str, frozenset[str]] = {
     "MasterUser": frozenset(),  # a secret or certificate makes the master user a confidential client
@@ -197,6 +213,9 @@ class SignInSettings:
     password: str | None = field(default=None, repr=False)
     managed_identity_client_id: str | None = None
     profile_id: str | None = None
+    # POWERBI_CLIENT_ASSERTION=managed_identity: the client proves who it is with the user-assigned
+    # identity's token for the cloud's token-exchange audience (a federated identity credential).
+    client_assertion: Literal["managed_identity"] | None = None
     # The platform's secret for its managed identity endpoint (not a setting): kept only to redact it.
     identity_header: str | None = field(default=None, repr=False)
 
@@ -208,7 +227,12 @@ class SignInSettings:
     def client_type(self) -> Literal["confidential", "public", "managedIdentity"]:
         if self.mode == "ManagedIdentity":
             return "managedIdentity"
-        return "confidential" if self.client_secret or self.client_certificate else "public"
+        return "confidential" if self.client_secret or self.client_certificate or self.client_assertion else "public"
+
+    @property
+    def federated_audience(self) -> str:
+        """What the managed identity's token must be for to serve as the client assertion."""
+        return CLOUDS[self.cloud].federated_audience
 
 
 @dataclass(frozen=True)
@@ -432,7 +456,8 @@ def read_sign_in(r: Reader) -> SignInSettings:
     cloud = r.choice("POWERBI_CLOUD", "Public", tuple(CLOUDS))
     tenant = _tenant(r, mode)
     client_id = r.guid("POWERBI_CLIENT_ID", required=mode != "ManagedIdentity")
-    secret, certificate = _client_credential(r, mode) if mode != "ManagedIdentity" else (None, None)
+    assertion = _client_assertion(r) if mode != "ManagedIdentity" else None
+    secret, certificate = _client_credential(r, mode, assertion) if mode != "ManagedIdentity" else (None, None)
     master_user = mode == "MasterUser"
     return SignInSettings(
         mode=mode,
@@ -446,7 +471,8 @@ def read_sign_in(r: Reader) -> SignInSettings:
         password=r.secret("POWERBI_PASSWORD", required=True) if master_user else None,
         managed_identity_client_id=r.guid("POWERBI_MANAGED_IDENTITY_CLIENT_ID"),
         profile_id=r.guid("POWERBI_PROFILE_ID"),
-        identity_header=r.secret("IDENTITY_HEADER") if mode == "ManagedIdentity" else None,
+        client_assertion=assertion,
+        identity_header=r.secret("IDENTITY_HEADER") if mode == "ManagedIdentity" or assertion else None,
     )
 
 
@@ -469,14 +495,38 @@ def _tenant(r: Reader, mode: str) -> str | None:
     return tenant
 
 
-def _client_credential(r: Reader, mode: str) -> tuple[str | None, Certificate | None]:
-    """POWERBI_CLIENT_SECRET or a client certificate: required for a service principal."""
+def _client_assertion(r: Reader) -> Literal["managed_identity"] | None:
+    """POWERBI_CLIENT_ASSERTION=managed_identity, which needs the trusted identity's client id."""
+    if not r.is_set("POWERBI_CLIENT_ASSERTION"):
+        return None
+    if (
+        r.choice("POWERBI_CLIENT_ASSERTION", "", (MANAGED_IDENTITY_ASSERTION,), fold_case=True)
+        != MANAGED_IDENTITY_ASSERTION
+    ):
+        return None
+    if not r.is_set("POWERBI_MANAGED_IDENTITY_CLIENT_ID"):
+        r.problem(
+            "POWERBI_CLIENT_ASSERTION=managed_identity needs POWERBI_MANAGED_IDENTITY_CLIENT_ID: the client id of "
+            "the user-assigned managed identity the app registration trusts"
+        )
+    return "managed_identity"
+
+
+def _client_credential(r: Reader, mode: str, assertion: str | None) -> tuple[str | None, Certificate | None]:
+    """POWERBI_CLIENT_SECRET or a client certificate: required for a service principal, unless it signs in
+    with a managed identity's token (POWERBI_CLIENT_ASSERTION); one of the three at most."""
     secret = r.secret("POWERBI_CLIENT_SECRET")
     certificate = _certificate(r)
-    if mode == "ServicePrincipal" and not (secret or certificate):
-        r.problem("POWERBI_CLIENT_SECRET or POWERBI_CLIENT_CERTIFICATE(_PATH) is required for a service principal")
+    if mode == "ServicePrincipal" and not (secret or certificate or assertion):
+        r.problem(
+            "POWERBI_CLIENT_SECRET, POWERBI_CLIENT_CERTIFICATE(_PATH) or POWERBI_CLIENT_ASSERTION is required for "
+            "a service principal"
+        )
     if secret and certificate:
         r.problem("set POWERBI_CLIENT_SECRET or a client certificate, not both")
+    if assertion and (secret or certificate):
+        given = "POWERBI_CLIENT_SECRET" if secret else "the client certificate (POWERBI_CLIENT_CERTIFICATE(_PATH))"
+        r.problem(f"set POWERBI_CLIENT_ASSERTION=managed_identity or {given}, not both")
     return secret, certificate
 
 

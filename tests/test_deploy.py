@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_az.fake_az import DEPLOYER_SP_ID, DEPLOYER_USER_ID, parse
+from tests.fake_az.fake_az import DEPLOYER_SP_ID, DEPLOYER_USER_ID, PLATFORM_SETTINGS, parse
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "deploy.sh"
@@ -167,7 +167,7 @@ def test_first_run_creates_each_resource_after_looking_for_it_in_order(deployed:
     (app,) = the(recorded, "functionapp", "create")
     assert options(app)["--flexconsumption-location"] == ["westeurope"]
     assert options(app)["--runtime"] == ["python"]
-    assert options(app)["--runtime-version"] == ["3.11"]
+    assert options(app)["--runtime-version"] == ["3.13"]  # the default: Flex Consumption's azure-functions 2.x
     assert options(app)["--storage-account"] == ["contosoembedst"]
     (vault,) = the(recorded, "keyvault", "create")
     assert options(vault)["--name"] == [VAULT]
@@ -215,7 +215,7 @@ def test_secrets_go_to_the_vault_and_the_app_gets_key_vault_references(deployed:
     assert sent["POWERBI_AUTH_MODE"] == "MasterUser"
     assert sent["POWERBI_PROFILE_ID"] == "0d9b6f3e-4c21-4e7a-8b5f-2a1c9e8d7f60"
     assert "POWERBI_CLIENT_CERTIFICATE" not in sent  # not given, so not referenced
-    assert state(deployed.env)["appsettings"]["contoso-embed"] == sent
+    assert state(deployed.env)["appsettings"]["contoso-embed"] == {**PLATFORM_SETTINGS, **sent}
 
     secrets = state(deployed.env)["secrets"]
     for name, value in ((f"{VAULT}/powerbi-password", PASSWORD), (f"{VAULT}/powerbi-client-secret", CLIENT_SECRET)):
@@ -420,7 +420,7 @@ def test_dry_run_prints_the_az_commands_and_runs_none(tmp_path: Path, with_secre
     assert "+ az group create --name rg-embed --location westeurope" in out
     create = "+ az functionapp create --name contoso-embed --resource-group rg-embed --storage-account contosoembedst"
     assert create in out
-    assert "--flexconsumption-location westeurope --runtime python --runtime-version 3.11" in out
+    assert "--flexconsumption-location westeurope --runtime python --runtime-version 3.13" in out
     assert "+ az keyvault secret set --vault-name contoso-embed-kv --name powerbi-password --file " in out
     assert "+ az functionapp deployment source config-zip" in out
     assert "    function_app.py" in out  # the package listing
@@ -533,26 +533,49 @@ def test_scripts_are_shellcheck_clean() -> None:
     assert result.stdout == ""
 
 
-def _versions(path: Path, operator: str) -> dict[str, tuple[int, ...]]:
-    """``name -> version`` of each requirement line's ``operator`` clause (comments and -r skipped)."""
-    found: dict[str, tuple[int, ...]] = {}
+def _versions(path: Path, operator: str) -> dict[tuple[str, str], tuple[int, ...]]:
+    """``(name, marker) -> version`` of each requirement line's ``operator`` clause (comments and -r skipped)."""
+    found: dict[tuple[str, str], tuple[int, ...]] = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
+        line, _, marker = line.partition(";")
         match = re.match(rf"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*[^#]*?{re.escape(operator)}\s*([0-9][0-9.]*)", line)
         assert match, f"{path.name}: {line!r} has no {operator} version"
         numbers = tuple(int(n) for n in match.group(2).split("."))
-        found[match.group(1).lower().replace("_", "-")] = numbers + (0,) * (3 - len(numbers))
+        key = (match.group(1).lower().replace("_", "-"), " ".join(marker.split()))
+        found[key] = numbers + (0,) * (3 - len(numbers))
     return found
 
 
 def test_every_runtime_dependency_is_pinned_to_its_lower_bound_for_the_lowest_run() -> None:
     # .ci/run installs constraints-lowest.txt and runs the suite: a lower bound is a tested version.
+    # A package with a line per Python version (environment markers) has a pin per line, same marker.
     lower = _versions(REPO / "requirements.txt", ">=")
     pinned = _versions(REPO / "constraints-lowest.txt", "==")
 
     assert lower and pinned == lower
+
+
+@pytest.mark.parametrize(("python", "major"), [("3.11", 1), ("3.12", 1), ("3.13", 2), ("3.14", 2)])
+def test_azure_functions_1_below_python_3_13_and_2_from_it(python: str, major: int) -> None:
+    from packaging.requirements import Requirement
+
+    environment = {"python_version": python, "python_full_version": f"{python}.0"}
+    for path in (REPO / "requirements.txt", REPO / "constraints-lowest.txt"):
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        requirements = [Requirement(line) for line in lines if line and not line.startswith("-")]
+        applying = [
+            r for r in requirements
+            if r.name == "azure-functions" and (r.marker is None or r.marker.evaluate(environment))
+        ]  # fmt: skip
+        assert len(applying) == 1, path.name
+        (specifier,) = applying
+        assert specifier.specifier.contains(f"{major}.99") or any(
+            str(s).startswith(f"=={major}.") for s in specifier.specifier
+        ), (path.name, str(specifier))
+        assert not specifier.specifier.contains(f"{3 - major}.5"), (path.name, str(specifier))
 
 
 def test_only_the_functions_own_settings_that_can_work_in_azure_are_set(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_service_principal_requires_tenant_and_secret_but_no_user() -> None:
     message = problems(env)
 
     assert "POWERBI_TENANT_ID is required" in message
-    assert "POWERBI_CLIENT_SECRET or POWERBI_CLIENT_CERTIFICATE(_PATH) is required" in message
+    assert "POWERBI_CLIENT_SECRET, POWERBI_CLIENT_CERTIFICATE(_PATH) or POWERBI_CLIENT_ASSERTION is required" in message
     assert "POWERBI_USERNAME" not in message
     s = Settings.from_env({**env, "POWERBI_TENANT_ID": "contoso.onmicrosoft.com", "POWERBI_CLIENT_SECRET": "x"})
     assert (s.sign_in.mode, s.sign_in.username, s.sign_in.password) == ("ServicePrincipal", None, None)

@@ -125,7 +125,7 @@ def test_certificate_from_a_file_or_from_the_setting(certificate_pem: str, tmp_p
     [
         ({"POWERBI_CLIENT_CERTIFICATE": "-----BEGIN CERTIFICATE-----\nabc\n"}, "must be a PEM holding"),
         ({"POWERBI_CLIENT_CERTIFICATE_PATH": "/nonexistent/client.pem"}, "names a file that cannot be read"),
-        ({}, "POWERBI_CLIENT_SECRET or POWERBI_CLIENT_CERTIFICATE(_PATH) is required"),
+        ({}, "POWERBI_CLIENT_SECRET, POWERBI_CLIENT_CERTIFICATE(_PATH) or POWERBI_CLIENT_ASSERTION is required"),
     ],
 )
 def test_certificate_problems(extra: dict[str, str], problem: str) -> None:

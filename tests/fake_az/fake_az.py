@@ -38,6 +38,12 @@ STORAGE_NAME = re.compile(r"^[a-z0-9]{3,24}$")
 VAULT_NAME = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{1,22}[A-Za-z0-9]$")
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$")
 REDIS_NAME = re.compile(r"^(?=.{1,60}$)[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
+PLATFORM_SETTINGS = {
+    "FUNCTIONS_EXTENSION_VERSION": "~4",
+    "AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=contosoembedst;AccountKey=fake-key",
+}
+IDENTITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,127}$")
+CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,119}$")
 
 
 class AzError(Exception):
@@ -172,20 +178,77 @@ class Fake:
             "runtimeVersion": self.opt("--runtime-version"),
         }
         host = f"{self.opt('--name')}.azurewebsites.net"
-        return self.resource("apps", "Microsoft.Web/sites", {"defaultHostName": host, "flex": flex, "identity": None})
+        config = {"runtime": {"name": flex["runtime"], "version": flex["runtimeVersion"]}}  # Flex Consumption's
+        extra = {"defaultHostName": host, "flex": flex, "functionAppConfig": config, "identity": None}
+        app = self.resource("apps", "Microsoft.Web/sites", extra)
+        # The platform's own settings, which deploy.sh must never touch.
+        self.table("appsettings")[app["name"]] = dict(PLATFORM_SETTINGS)
+        return app
 
     def identity_show(self) -> Any:
         return self.app_show()["identity"]
 
     def identity_assign(self) -> Any:
+        """``--identities [system]`` and/or user-assigned identities' resource ids, added to what the app has."""
         app = self.app_show()
-        if app["identity"] is None:
-            app["identity"] = {
-                "type": "SystemAssigned",
-                "principalId": stable_guid("mi", app["id"]),
-                "tenantId": TENANT,
-            }
-        return app["identity"]
+        identity = app["identity"] or {"type": "None", "userAssignedIdentities": None}
+        for wanted in self.options.get("--identities", ["[system]"]):
+            if wanted == "[system]":
+                identity.update(principalId=stable_guid("mi", app["id"]), tenantId=TENANT)
+            else:
+                found = next((i for i in self.table("identities").values() if i["id"].lower() == wanted.lower()), None)
+                if found is None:
+                    raise AzError(f"(ResourceNotFound) The Resource '{wanted}' was not found.", 3)
+                assigned = identity.get("userAssignedIdentities") or {}
+                assigned[found["id"]] = {"clientId": found["clientId"], "principalId": found["principalId"]}
+                identity["userAssignedIdentities"] = assigned
+        kinds = [k for k, on in (("SystemAssigned", "principalId" in identity), ("UserAssigned", identity.get(
+            "userAssignedIdentities"))) if on]  # fmt: skip
+        identity["type"] = ", ".join(kinds)
+        app["identity"] = identity
+        return identity
+
+    # -- user-assigned identities and federated identity credentials, for deploy.sh --federated ---------------
+
+    def user_identity_show(self) -> Any:
+        return self.find("identities", "Microsoft.ManagedIdentity/userAssignedIdentities")
+
+    def user_identity_create(self) -> Any:
+        if not IDENTITY_NAME.match(self.opt("--name")):
+            raise AzError("(InvalidResourceName) not a valid user-assigned identity name.", 1)
+        name = f"{self.group()['name']}/{self.opt('--name')}"
+        extra = {"clientId": stable_guid("uami-client", name), "principalId": stable_guid("uami", name)}
+        return self.resource("identities", "Microsoft.ManagedIdentity/userAssignedIdentities", {
+            **extra, "tenantId": TENANT})  # fmt: skip
+
+    def federated_credentials(self) -> list[dict[str, Any]]:
+        app_id = self.opt("--id")
+        credentials: list[dict[str, Any]] = self.table("federated_credentials").setdefault(app_id, [])
+        return credentials
+
+    def federated_list(self) -> Any:
+        return self.federated_credentials()
+
+    def federated_create(self) -> Any:
+        """Graph's rules: name, issuer, subject and audiences required; the name and the (issuer, subject)
+        pair unique per app registration."""
+        try:
+            parameters = json.loads(self.opt("--parameters"))
+        except ValueError as exc:
+            raise AzError(f"--parameters is not valid JSON: {exc}", 2) from exc
+        missing = [k for k in ("name", "issuer", "subject", "audiences") if not parameters.get(k)]
+        if missing:
+            raise AzError(f"(Request_BadRequest) missing property: {', '.join(missing)}", 1)
+        if not CREDENTIAL_NAME.match(parameters["name"]):
+            raise AzError("(Request_BadRequest) Invalid federated identity credential name.", 1)
+        credentials = self.federated_credentials()
+        for existing in credentials:
+            if existing["name"] == parameters["name"] or (existing["issuer"], existing["subject"]) == (
+                parameters["issuer"], parameters["subject"]):  # fmt: skip
+                raise AzError("(Request_BadRequest) FederatedIdentityCredential already exists.", 1)
+        credential = {"id": stable_guid("fic", self.opt("--id"), parameters["name"]), **parameters}
+        credentials.append(credential)
+        return credential
 
     def appsettings_set(self) -> Any:
         settings = self.table("appsettings").setdefault(self.app_show()["name"], {})
@@ -194,6 +257,19 @@ class Fake:
             if not sep:
                 raise AzError(f"usage error: --settings expects KEY=VALUE, got '{pair}'", 2)
             settings[name] = value
+        return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
+
+    def appsettings_list(self) -> Any:
+        settings = self.table("appsettings").setdefault(self.app_show()["name"], {})
+        return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
+
+    def appsettings_delete(self) -> Any:
+        settings = self.table("appsettings").setdefault(self.app_show()["name"], {})
+        names = self.options.get("--setting-names", [])
+        if not names:
+            raise AzError("the following arguments are required: --setting-names", 2)
+        for name in names:
+            settings.pop(name, None)
         return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
 
     def cors_show(self) -> Any:
@@ -359,6 +435,12 @@ COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("functionapp", "identity", "show"): Fake.identity_show,
     ("functionapp", "identity", "assign"): Fake.identity_assign,
     ("functionapp", "config", "appsettings", "set"): Fake.appsettings_set,
+    ("functionapp", "config", "appsettings", "list"): Fake.appsettings_list,
+    ("functionapp", "config", "appsettings", "delete"): Fake.appsettings_delete,
+    ("identity", "show"): Fake.user_identity_show,
+    ("identity", "create"): Fake.user_identity_create,
+    ("ad", "app", "federated-credential", "list"): Fake.federated_list,
+    ("ad", "app", "federated-credential", "create"): Fake.federated_create,
     ("functionapp", "cors", "show"): Fake.cors_show,
     ("functionapp", "cors", "add"): Fake.cors_add,
     ("functionapp", "cors", "credentials"): Fake.cors_credentials,
