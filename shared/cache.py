@@ -57,7 +57,7 @@ class CacheKey(Protocol):
 K = TypeVar("K", bound=CacheKey)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lifetime:
     """When a value stops being handed out (``fresh_until``) and when it stops being kept (``keep_until``,
     never before ``fresh_until``), in epoch seconds on the clock's ``now``."""
@@ -103,7 +103,7 @@ class SharedLevel(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per cached value: no __dict__ each
 class _Entry(Generic[V]):
     value: V
     lifetime: Lifetime

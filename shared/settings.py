@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -170,7 +171,7 @@ def parse_guid(value: str) -> str | None:
     except ValueError:
         return None
     # uuid.UUID also accepts braces and urn: prefixes; ids in URLs are the plain form.
-    canonical = str(parsed)
+    canonical = sys.intern(str(parsed))  # one string per id however many caches hold it
     return canonical if canonical == value.strip().lower() else None
 
 

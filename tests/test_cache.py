@@ -185,6 +185,18 @@ def test_a_refused_value_counts_as_a_miss(clock: FakeClock) -> None:
     assert (again, outcome) == (first + 1, "miss")
 
 
+def test_a_value_past_its_freshness_is_kept_for_a_failed_load_until_its_keeping_ends(clock: FakeClock) -> None:
+    cache: Cache[Key, float] = Cache("t", 3, lambda v: Lifetime(v, v + 50), clock=clock)
+    made = clock.now() + 10
+    cache.get_or_load(Key("k"), lambda: made, lambda: 10)
+    clock.advance(20)  # stale: a request loads again, and a load that fails may serve what was kept
+
+    assert cache.kept(Key("k")) == made
+    assert cache.get_or_load(Key("k"), lambda: cache.kept(Key("k")) or 0.0, lambda: 10) == (made, "miss")
+    clock.advance(50)  # past its keeping
+    assert cache.kept(Key("k")) is None
+
+
 # --- the seam for a shared second level ---------------------------------------------------------------------
 
 
