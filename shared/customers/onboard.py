@@ -49,6 +49,11 @@ class Steps:
         self.done.append(text)
         print(f"  done  {text}", file=self.out)
 
+    def asked(self, text: str) -> None:
+        """A step left to the person (an app setting to change): counted as a change, printed as it is."""
+        self.done.append("printed the directory entry")
+        print(text, file=self.out)
+
     def found(self, text: str) -> None:
         print(f"  ok    {text}", file=self.out)
 
@@ -93,7 +98,10 @@ class Onboarder:
 
     def add(self, plan: Onboarding) -> int:
         steps = Steps(self.out)
-        print(f"Onboarding customer {plan.customer_id} ({plan.name}) into the {self.store.description}", file=self.out)
+        print(
+            f"Onboarding customer {plan.customer_id} ({plan.name}); the directory: {self.store.description}",
+            file=self.out,
+        )
         try:
             existing = self.store.get(plan.customer_id)
             profile = self._profile(plan, existing, steps)
@@ -105,14 +113,19 @@ class Onboarder:
             customer = _entry(plan, existing, profile, workspace)
             if same_entry(existing, customer):
                 steps.found(f"customer {customer.id} is in the {self.store.description}")
-            else:
+            elif self.store.writes:
                 steps.did(self.store.put(customer, existing))
+            else:
+                steps.asked(self.store.put(customer, existing))
         except EmbedError as error:
             return steps.failed(error)
         if not steps.done:
-            print(f"Customer {plan.customer_id} is already onboarded: nothing changed.", file=self.out)
+            outcome = "is already onboarded: nothing changed"
+        elif self.store.writes:
+            outcome = "is onboarded"
         else:
-            print(f"Customer {plan.customer_id} is onboarded.", file=self.out)
+            outcome = "is set up in Power BI; it is served once POWERBI_CUSTOMERS holds the object above"
+        print(f"Customer {plan.customer_id} {outcome}.", file=self.out)
         return 0
 
     def _profile(self, plan: Onboarding, existing: Customer | None, steps: Steps) -> Profile:

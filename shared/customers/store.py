@@ -33,6 +33,7 @@ class Invalid:
 
 class Store(Protocol):
     description: str
+    writes: bool  # False: edits are printed for a person to make
 
     def get(self, customer_id: str) -> Customer | None: ...
 
@@ -54,6 +55,7 @@ class SettingStore:
     def __init__(self, customers: tuple[Customer, ...], enabled: bool = True) -> None:
         self.customers = {c.id: c for c in customers}
         self.enabled = enabled
+        self.writes = False
         self.description = "POWERBI_CUSTOMERS" if enabled else "POWERBI_CUSTOMERS (POWERBI_CUSTOMERS_SOURCE is none)"
 
     def get(self, customer_id: str) -> Customer | None:
@@ -79,6 +81,7 @@ class TableStore:
     def __init__(self, client: TableClient, table: str) -> None:
         self.client = client
         self.description = f"table {table}"
+        self.writes = True
 
     def _failed(self, doing: str, error: Exception) -> UpstreamUnreachable:
         status = getattr(error, "status_code", None)
