@@ -520,6 +520,23 @@ def entra_unavailable(
     fake.fault(method, path, status=status, headers=headers, body=body, times=times)
 
 
+# What a proxy, a captive portal or an outage page sends instead of Entra's JSON.
+OUTAGE_PAGE = (
+    "<!DOCTYPE html><html><head><title>Service Unavailable</title></head>"
+    "<body><h1>We'll be back soon</h1><p>The service is temporarily unavailable.</p></body></html>"
+)
+
+
+def entra_html_page(
+    fake: FakeUpstream, *, status: int = 200, retry_after: str | None = None, times: int = 1, path: str = TOKEN_PATH
+) -> None:
+    """Make Entra's token endpoint (or ``path``) answer the next ``times`` requests with an HTML page at
+    ``status`` (any: 200, 403, 404, 5xx), as a proxy or an outage page in front of it would."""
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    method = "POST" if path == TOKEN_PATH else "GET"
+    fake.fault(method, path, status=status, headers=headers, body=OUTAGE_PAGE, times=times)
+
+
 # -- reaching the emulator from MSAL ------------------------------------------------------------------------
 
 

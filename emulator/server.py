@@ -17,7 +17,9 @@ In tests::
         monkeypatch.setenv("IDENTITY_HEADER", fake.identity_header)               # App Service sets them
 
 Every request is recorded (``requests``, ``calls()``, ``token_calls``, ``identity_calls``) and every token
-issued (``access_tokens``, ``embed_tokens`` with their effective identities).  Scripted trouble: ``fault()``,
+issued (``access_tokens``, ``embed_tokens`` with their effective identities).  Scripted trouble: ``fault()``
+(any status, headers such as an HTTP-date ``Retry-After``, a JSON body or, as a ``str``, an HTML page; see
+``emulator.entra.entra_unavailable`` and ``entra_html_page`` for Entra's),
 ``throttle()``, ``latency`` (all Power BI answers), ``latency_for(path, seconds)``, ``fail_sign_in`` (a queue of
 AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting), ``next_lifetimes`` /
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,
@@ -485,7 +487,8 @@ class FakeUpstream:
         hang: float = 0.0,
     ) -> None:
         """Answer the next ``times`` requests matching ``method`` ("*" = any) and ``path_contains`` with
-        ``status``/``headers``/``body`` (a default error body if None), after ``hang`` seconds."""
+        ``status``/``headers``/``body`` (a default error body if None; a ``str`` is sent as an HTML page), after
+        ``hang`` seconds."""
         with self._lock:
             self._faults.append(_Fault(method.upper(), path_contains, status, dict(headers or {}), body, times, hang))
 
@@ -538,7 +541,10 @@ class FakeUpstream:
             response = self._dispatch(request, body, routes)
         else:
             fault_body = self._default_fault_body(fault.status, is_pbi) if fault.body is None else fault.body
-            response = json_response(fault.status, fault_body, fault.headers)
+            if isinstance(fault_body, str):  # a page, not an API answer: a proxy's or an outage page
+                response = Response(fault_body, status=fault.status, headers=fault.headers, mimetype="text/html")
+            else:
+                response = json_response(fault.status, fault_body, fault.headers)
         if is_pbi:  # Power BI stamps every answer, errors included, with a RequestId
             request_id = str(uuid.uuid4())
             response.headers["RequestId"] = request_id

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
 import msal
 
 from shared.redact import register_secret
@@ -57,6 +56,8 @@ class ManagedIdentityAssertion:
         the doctor; empty before the first. The token is Entra's to verify, so it is only read here."""
         if self._last is None:
             return {}
+        import jwt  # PyJWT (with cryptography) only for the doctor's look at it: not at the worker's start
+
         try:
             claims = jwt.decode(self._last, options={"verify_signature": False})
         except jwt.PyJWTError:

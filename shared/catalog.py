@@ -39,6 +39,8 @@ ListingKind = Literal["reports", "dashboards", "datasets", "tiles", "datasources
 # Listings held in process: a few per workspace, one per dashboard asked for, one per paginated report.
 # Only ids found in Power BI's own answers get an entry, so random ids cannot fill it.
 MAX_LISTINGS = 4096
+# For the operator (error details on): why an id the caller sent may be missing from the catalog.
+_NOT_LISTED = "(Power BI does not list it to the signed-in identity: deleted, or not shared with it.)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +139,9 @@ class Catalog:
         found = self._find(bearer, _key(bearer, "datasets", workspace_id), dataset_id)
         if not isinstance(found, Dataset):
             raise NotFound(
-                f"Power BI has no dataset {dataset_id} in this workspace, or the identity cannot see it.",
+                f"There is no dataset {dataset_id} in workspace {workspace_id}.",
                 cause=f"dataset {dataset_id} not in the catalog of workspace {workspace_id}",
+                hint=_NOT_LISTED,
             )
         return found
 
@@ -163,8 +166,9 @@ class Catalog:
         found = self._find(bearer, key, item_id)
         if not isinstance(found, Item):
             raise NotFound(
-                f"Power BI has no {noun} {item_id} in this workspace, or the identity cannot see it.",
+                f"There is no {noun} {item_id} in workspace {key.workspace_id}.",
                 cause=f"{noun} {item_id} not in the catalog of workspace {key.workspace_id}",
+                hint=_NOT_LISTED,
             )
         return found
 

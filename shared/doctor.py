@@ -126,7 +126,7 @@ def check_settings(loaded: Loaded, report: Report, listing: bool = False) -> Set
     try:
         settings = Settings.from_env(env)
     except ConfigurationError as error:
-        for problem in error.message.split(": ", 1)[-1].rstrip(".").split("; "):
+        for problem in error.problems:  # each whole, one line each: a problem may contain ": " or "; "
             report.fail(problem)
         return None
     report.ok(f"complete: {settings.sign_in.mode} ({settings.sign_in.client_type}), cloud {settings.sign_in.cloud}")

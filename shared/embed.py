@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import requests
 
+from shared import redact
 from shared.cache import Cache, Codec, Lifetime, SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -47,6 +48,9 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 # Extra life asked of the Entra token beyond the embed token's minimum, so that the
 # embed token it makes can still have the minimum after the GenerateToken round trip.
 ENTRA_MARGIN_SECONDS = 120
+# Entra access and refresh tokens the redaction registry keeps beside the embed tokens: MSAL holds one or
+# two at a time; this leaves room for the ones just replaced.
+ENTRA_TOKENS_HELD = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +200,8 @@ class EmbedService:
             clock=clock,
             shared=shared,
         )
+        # Every token the cache holds stays known to the log redaction, with room for the Entra tokens.
+        redact.hold_tokens(settings.caches.max_tokens + ENTRA_TOKENS_HELD)
         # A token is handed out while it still has the minimum life left.
         self.embeds: Cache[TokenKey, Embed] = Cache(
             "embed",
@@ -297,30 +303,37 @@ class EmbedService:
         for position, raw in enumerate(raw_ids):
             parsed = parse_guid(raw)
             if parsed is None:
-                raise InvalidRequest(f"The {names[min(position, len(names) - 1)]} id must be a GUID.")
+                name = names[min(position, len(names) - 1)]
+                where = f" (the {_ordinal(position + 1)} of ids)" if kind == "reports" else ""
+                raise InvalidRequest(f"The {name} id {_quoted(raw)}{where} is not a GUID.")
             if kind != "reports" or parsed not in ids:  # the same report twice is one report
                 ids.append(parsed)
         if kind == "reports" and not 1 <= len(ids) <= MAX_REPORTS:
-            raise InvalidRequest(f"ids must list from 1 to {MAX_REPORTS} report ids, separated by commas.")
+            raise InvalidRequest(
+                f"ids must list from 1 to {MAX_REPORTS} report ids, separated by commas (it lists {len(ids)})."
+            )
         level = (access_level or "View").capitalize()
         if level not in ("View", "Edit"):
-            raise InvalidRequest("accessLevel must be View or Edit.")
+            raise InvalidRequest(f"accessLevel must be View or Edit, not {_quoted(access_level or '')}.")
         if level == "Edit" and kind not in ("report", "reports"):
             raise InvalidRequest("Only reports can be edited: accessLevel=Edit needs a report.")
         workspace = scope.default_workspace if workspace_id is None else parse_guid(workspace_id)
         if workspace is None:
             raise InvalidRequest("workspaceId is required." if workspace_id is None else "workspaceId must be a GUID.")
         if workspace not in scope.workspaces:
-            raise NotAllowed(f"Workspace {workspace} is not allowed.")
+            raise NotAllowed(f"Workspace {workspace} is not allowed here.")
         # Reports answer to the report allow-list; a dashboard and its tiles to the dashboard's; a
         # dataset to be reported on (create) only to its workspace's.
         allowed = scope.reports if kind in ("report", "reports") else scope.dashboards
         governed = [] if kind == "create" else ids if kind in ("report", "reports") else ids[:1]
         for item in governed:
             if allowed is not None and item not in allowed:
-                raise NotAllowed(f"The {names[0]} {item} is not allowed.")
+                raise NotAllowed(f"The {names[0]} {item} is not allowed here.")
         if (level == "Edit" or kind == "create") and not s.policy.allow_edit:
-            raise NotAllowed("Editing and creating reports is not allowed (POWERBI_ALLOW_EDIT is not true).")
+            raise NotAllowed(
+                "Editing and creating reports is not allowed: ask for accessLevel=View.",
+                hint="(POWERBI_ALLOW_EDIT is not true.)",
+            )
         return EmbedRequest(
             kind, workspace, tuple(ids), level, identity, scope.profile_id, customer.id if customer else None
         )
@@ -376,7 +389,8 @@ class EmbedService:
                 # configuration, is what lacks a role for this data.
                 raise NotAllowed(
                     f"Dataset {names} requires a row-level-security role, and the signed-in user has none "
-                    "listed in POWERBI_RLS_ALLOWED_ROLES."
+                    "that may be used here.",
+                    hint="(None of the user's roles is listed in POWERBI_RLS_ALLOWED_ROLES.)",
                 )
             raise ConfigurationError(f"Dataset {names} requires row-level-security roles: set POWERBI_RLS_ROLES.")
         reports = tuple(sorted(r for r, found in models.items() if any(m.identity_required for m in found)))
@@ -388,3 +402,13 @@ class EmbedService:
         powerbi = self.powerbi.for_profile(bearer.profile_id)
         token = bearer.call(lambda access: powerbi.generate_token(access, request))
         return Embed(kind, request.items, token, request.create_on)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _quoted(value: str) -> str:
+    """A caller's value, echoed back short and printable: it may be anything."""
+    shown = "".join(c if c.isprintable() else "?" for c in value[:40])
+    return f'"{shown}"' + ("..." if len(value) > 40 else "")

@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import msal
 import requests
 
@@ -52,17 +52,29 @@ _AADSTS = re.compile(r"AADSTS(\d+)")
 DEFAULT_RETRY_AFTER_SECONDS = 5
 # What MSAL raises, or lets through from our HTTP client, when a sign-in cannot be completed:
 # MsalServiceError for a 5xx, ValueError for an unreadable answer or unusable settings,
-# RuntimeError and requests' errors from OpenID discovery, PyJWT's errors for a key it cannot
-# sign with, and our own HttpClient failures.
-_MSAL_FAILURES = (
+# RuntimeError and requests' errors from OpenID discovery, and our own HttpClient failures.
+# PyJWT's errors (a key it cannot sign with) are added by ``_failures``.
+_MSAL_FAILURES: tuple[type[Exception], ...] = (
     msal.exceptions.MsalServiceError,
     ValueError,
-    jwt.PyJWTError,
     RuntimeError,
     requests.RequestException,
     UpstreamUnreachable,
     UpstreamTimeout,
 )
+
+
+def _jwt_errors() -> tuple[type[Exception], ...]:
+    """PyJWT's base error, if PyJWT is loaded. MSAL imports it only to sign a client assertion (a
+    certificate), so importing it here would cost every start (PyJWT pulls in cryptography) only to
+    name an exception that cannot have been raised when it is not loaded."""
+    jwt = sys.modules.get("jwt")
+    error = getattr(jwt, "PyJWTError", None)
+    return (error,) if isinstance(error, type) and issubclass(error, Exception) else ()
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    return _MSAL_FAILURES + _jwt_errors()
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,12 @@ class EntraAnswer:
 
     @property
     def unavailable(self) -> bool:
-        """Down, overloaded or throttling: worth trying again later, not a refusal."""
-        return self.status == 0 or self.status == 429 or self.status >= 500
+        """Down, overloaded or throttling, or not Entra ID answering at all (an HTML page from a proxy or an
+        outage page instead of JSON, at any status): worth trying again later, not a refusal. An unreadable
+        OpenID configuration is the exception: that points at a wrong authority host (see ``_failure``)."""
+        if self.status == 0 or self.status == 429 or self.status >= 500:
+            return True
+        return not self.readable and not _is_discovery(self.url)
 
 
 class MsalHttpClient:
@@ -111,7 +127,7 @@ class MsalHttpClient:
         except (UpstreamUnreachable, UpstreamTimeout):
             self.last = EntraAnswer(_host(url), 0, clock.monotonic())
             raise
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"), clock)
         self.last = EntraAnswer(_host(url), response.status_code, clock.monotonic(), retry_after, _is_json(response))
         return response
 
@@ -216,7 +232,7 @@ class EntraTokenProvider:
                         "deprecates for username and password; set a client secret to use a confidential client"
                     )
                     self._app = msal.PublicClientApplication(s.sign_in.client_id, **common)
-            except _MSAL_FAILURES as exc:
+            except _failures() as exc:
                 raise self._failure(exc, f"OpenID configuration of {s.sign_in.authority}") from exc
         return self._app
 
@@ -236,7 +252,7 @@ class EntraTokenProvider:
                     result = app.acquire_token_by_username_password(
                         s.sign_in.username, s.sign_in.password, scopes=scopes
                     )
-        except _MSAL_FAILURES as exc:
+        except _failures() as exc:
             raise self._failure(exc, "token") from exc
         except AssertionRefused as exc:  # the managed identity behind the client assertion got no token
             raise self._refusal(exc.identity, exc.result) from None
@@ -258,7 +274,7 @@ class EntraTokenProvider:
         if last.retry_after is not None:
             # Entra's own figure, less what has passed since it said it (MSAL waits as long before asking again).
             retry_after = max(1, math.ceil(last.retry_after - (self.clock.monotonic() - last.at)))
-        what = "unreachable" if last.status == 0 else f"HTTP {last.status}"
+        what = "unreachable" if last.status == 0 else f"HTTP {last.status}" + ("" if last.readable else " not JSON")
         return SignInUnavailable(
             "Entra ID is unavailable or throttling the sign-in; try again after the time in Retry-After.",
             retry_after=retry_after,
@@ -284,7 +300,7 @@ class EntraTokenProvider:
                     cause=f"OpenID configuration of {self.settings.sign_in.authority} unavailable: HTTP {last.status} "
                     f"{name}" + (f" AADSTS{code}" if code else ""),
                 )
-        if isinstance(exc, ValueError | jwt.PyJWTError):
+        if isinstance(exc, (ValueError, *_jwt_errors())):
             # Anything else MSAL refuses before it signs in: a certificate or key it cannot use, say.
             first_line = (str(exc).splitlines() or [""])[0][:200]
             return ConfigurationError(

@@ -4,7 +4,18 @@ Every failure the function can answer is an ``EmbedError``: a stable ``code`` an
 plain ``message`` for the caller, a ``status`` and extra ``headers`` for HTTP, and a
 ``cause`` for the log line (never shown to the caller). ``responses.error_response``
 is the one place these become HTTP answers. No message or cause may carry a secret
-or a token: messages name settings, never their values.
+or a token.
+
+Two audiences, two texts. A 4xx (``ClientError``) is about the request, and its ``message``
+is answered in production too: it says what to fix in the request and never names a setting,
+an auth mode, a tenant, an AADSTS code or an upstream message; what the operator needs (the
+setting that decided) goes in ``hint``, shown only with error details on, and in the log line.
+A 5xx is about the function or upstream: in production it answers only its code's generic
+``PUBLIC_MESSAGES`` text; its ``message`` (which may name settings, never their values) is
+for the log, the doctor, and answers with details on.
+
+Every answer caused by a transient upstream fault (throttling, 5xx, unreachable, timeout)
+carries ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -33,39 +44,53 @@ class EmbedError(Exception):
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
         upstream: Upstream | None = None,
+        hint: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.cause = cause or message
+        self.cause = cause or (f"{message} {hint}" if hint else message)
         self.request_id = request_id
         self.headers = headers or {}
         self.upstream = upstream
+        self.hint = hint  # for the operator: with error details on only
+
+    @property
+    def detailed_message(self) -> str:
+        """The message with the operator's hint: for answers with error details on."""
+        return f"{self.message} {self.hint}" if self.hint else self.message
 
 
-class InvalidRequest(EmbedError):
+class ClientError(EmbedError):
+    """A 4xx: its message says what is wrong with the request, in production too (see the module docstring)."""
+
     status = 400
     code = "invalid_request"
 
 
-class Unauthenticated(EmbedError):
+class InvalidRequest(ClientError):
+    status = 400
+    code = "invalid_request"
+
+
+class Unauthenticated(ClientError):
     """Row-level security needs a signed-in user and there is none."""
 
     status = 401
     code = "unauthenticated"
 
 
-class NotAllowed(EmbedError):
+class NotAllowed(ClientError):
     status = 403
     code = "not_allowed"
 
 
-class NotFound(EmbedError):
+class NotFound(ClientError):
     status = 404
     code = "not_found"
 
 
 class Throttled(EmbedError):
-    """Power BI still throttles (429) or is unavailable (503) after our retries."""
+    """Power BI still throttles (429), or is unavailable (500, 502, 503, 504: answered 503), after our retries."""
 
     code = "throttled"
 
@@ -129,19 +154,31 @@ class PowerBIRefused(EmbedError):
     code = "powerbi_error"
 
 
+# When Power BI could not be reached or did not answer in time: a short outage or a slow moment,
+# worth one more try soon (the browser helper waits this long).
+TRANSIENT_RETRY_AFTER_SECONDS = 10
+
+
 class UpstreamUnreachable(EmbedError):
     status = 502
     code = "upstream_unreachable"
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message, cause=cause, headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_SECONDS)})
 
 
 class UpstreamTimeout(EmbedError):
     status = 504
     code = "upstream_timeout"
 
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message, cause=cause, headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_SECONDS)})
 
-# What a production answer says for each code: nothing about the configuration (no setting, auth
+
+# What a production 5xx answer says for each code: nothing about the configuration (no setting, auth
 # mode, tenant, AADSTS code, Power BI message or RequestId). The detailed message is in the log line,
-# in the doctor, and in answers only with details on (see responses.py).
+# in the doctor, and in answers only with details on (see responses.py). A 4xx answers its own message;
+# these texts are its fallback only.
 PUBLIC_MESSAGES: dict[str, str] = {
     "invalid_request": "The request is not valid.",
     "unauthenticated": "Sign in to see this item.",

@@ -4,28 +4,31 @@ Every upstream call (Entra ID through MSAL, and Power BI) goes through ``HttpCli
 
 - one pooled ``requests.Session`` per worker process, so TLS connections are reused;
 - 429, 5xx and connection failures are retried by urllib3's ``Retry`` policy (counts,
-  exponential back-off with jitter, ``Retry-After`` in seconds or as a date), but the
+  exponential back-off with jitter), but the
   loop is ours, so each attempt gets connect and read timeouts cut to what is left of
   the request's deadline and no wait ever runs past it;
 - a read timeout is not retried: its timeout was already all the time there was;
-- a malformed ``Retry-After`` (``1.5``, ``soon``, a broken date) counts as absent: the
-  back-off applies (urllib3 would raise ``InvalidHeader``);
+- ``Retry-After`` in seconds or as an HTTP date, counted on the injected clock; a malformed one
+  (``1.5``, ``soon``, a broken date) counts as absent: the back-off applies (urllib3 would raise
+  ``InvalidHeader``);
 - each call is counted into the current ``CallContext`` (calls, time, Power BI
   RequestIds) for the request's single log line.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader, MaxRetryError
+from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
@@ -135,7 +138,7 @@ class HttpClient:
                 context.upstream_calls += 1
                 context.upstream_seconds += self.clock.monotonic() - started
 
-            told = retry_after_seconds(response.headers.get("Retry-After"), retry) if response is not None else None
+            told = None if response is None else retry_after_seconds(response.headers.get("Retry-After"), self.clock)
             if response is not None and not retry.is_retry(method, response.status_code, told is not None):
                 return response
             try:
@@ -170,16 +173,24 @@ class HttpClient:
         self.session.close()
 
 
-def retry_after_seconds(value: str | None, retry: Retry = RETRY_POLICY) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date, capped by the policy);
-    None when it is absent or malformed, so that the caller's own back-off applies."""
+def retry_after_seconds(value: str | None, clock: Clock) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: delta-seconds, or an HTTP date counted from ``clock``'s
+    now (never less than 0); None when it is absent or malformed, so that the caller's own back-off applies.
+
+    Not urllib3's parser: it counts a date from the system clock, and an injected clock must decide."""
     if value is None:
         return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
     try:
-        return retry.parse_retry_after(value)
-    except InvalidHeader:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         logger.debug("ignored a malformed Retry-After header")
         return None
+    if when.tzinfo is None:  # "-0000": UTC with no claim about the local zone (RFC 5322)
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - clock.now())
 
 
 def _host(url: str) -> str:

@@ -28,6 +28,14 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "504": ("upstream_timeout",),
 }
 
+# The codes answered with Retry-After (transient upstream faults), by status.
+RETRY_AFTER: dict[str, tuple[str, ...]] = {
+    "429": ("throttled",),
+    "502": ("upstream_unreachable",),
+    "503": ("unavailable", "signin_unavailable"),
+    "504": ("upstream_timeout",),
+}
+
 _WORKSPACE = {
     "name": "workspaceId",
     "in": "query",
@@ -77,8 +85,11 @@ def _error_responses() -> dict[str, Any]:
             # The Functions host itself answers a missing or wrong function key: 401, empty body.
             answer["description"] += "; or, from the host, no valid function key (empty body)"
             answer["content"]["text/plain"] = {"schema": {"type": "string", "maxLength": 0}}
-        if status in ("429", "503"):
+        if status in RETRY_AFTER:
+            # Every answer caused by a transient upstream fault says when to try again.
             answer["headers"]["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+            if RETRY_AFTER[status] != codes:
+                answer["description"] += f" (Retry-After with {', '.join(RETRY_AFTER[status])})"
         answers[status] = answer
     return answers
 
@@ -219,7 +230,8 @@ def _document() -> dict[str, Any]:
             "headers": {
                 "CacheControl": {"schema": {"const": "no-store"}},
                 "RetryAfter": {
-                    "description": "Seconds to wait before trying again.",
+                    "description": "Whole seconds to wait before trying again (a date from Power BI or Entra "
+                    "ID is turned into seconds).",
                     "schema": {"type": "string", "pattern": "^[0-9]+$"},
                 },
             },
@@ -263,7 +275,12 @@ def _document() -> dict[str, Any]:
                             "type": "object",
                             "properties": {
                                 "code": {"type": "string", "enum": sorted({c for cs in ERRORS.values() for c in cs})},
-                                "message": {"type": "string", "description": "Plain words for the reader."},
+                                "message": {
+                                    "type": "string",
+                                    "description": "Plain words for the reader. A 4xx says what is wrong with "
+                                    "the request (which id is not a GUID, which values accessLevel takes, ...); a "
+                                    "5xx says only what kind of failure it was.",
+                                },
                                 "requestId": {
                                     "type": "string",
                                     "description": "The invocation's id: quote it to the function's operator.",

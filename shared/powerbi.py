@@ -14,6 +14,7 @@ the call once.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,9 +23,10 @@ from urllib.parse import urlsplit
 
 import requests
 
+from shared.clock import Clock
 from shared.entra import AccessToken
 from shared.errors import EmbedError, NotFound, PowerBIRefused, Throttled, Upstream
-from shared.http import HttpClient
+from shared.http import HttpClient, retry_after_seconds
 from shared.redact import register_secret
 from shared.settings import parse_guid
 
@@ -36,6 +38,8 @@ T = TypeVar("T")
 MODEL_DATABASE_PREFIX = "sobe_wowvirtualserver-"
 # When Power BI throttles without saying for how long.
 DEFAULT_RETRY_AFTER_SECONDS = 30
+# Answers that say "later", not "no": throttling (429) and server errors (answered 503 unavailable).
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # What a person can do about Power BI's refusals on this path.
 _REFUSAL_HINTS = {
@@ -151,7 +155,10 @@ class EmbedToken:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EmbedToken:
-        return cls(str(data["token"]), str(data["tokenId"]), datetime.fromisoformat(data["expiration"]))
+        """A token read back (from the shared cache): kept out of every log line, like one just minted."""
+        token = str(data["token"])
+        register_secret(token)
+        return cls(token, str(data["tokenId"]), datetime.fromisoformat(data["expiration"]))
 
 
 class TokenSource(Protocol):
@@ -353,12 +360,15 @@ class PowerBIClient:
                 body = None
             if isinstance(body, dict):
                 return body
-            raise PowerBIRefused(
-                "Power BI sent an answer we could not read.",
-                cause=f"unreadable Power BI answer to {method} {path}",
+            # Not Power BI's JSON: a proxy's or an outage page in front of it. Worth trying again later.
+            raise Throttled(
+                "Power BI is unavailable; try again after the time in Retry-After.",
+                status=503,
+                retry_after=_retry_after(response, self.http.clock),
+                cause=f"unreadable Power BI answer (HTTP {response.status_code}, not JSON) to {method} {path}",
                 request_id=response.headers.get("RequestId"),
             )
-        raise _failure(response, what, method, path)
+        raise _failure(response, what, method, path, self.http.clock)
 
 
 def _dataset(body: dict[str, Any], workspace_id: str) -> Dataset:
@@ -378,23 +388,25 @@ def _embed_url(body: dict[str, Any], item_id: str) -> str:
     return embed_url
 
 
-def _failure(response: requests.Response, what: str, method: str, path: str) -> EmbedError:
+def _failure(response: requests.Response, what: str, method: str, path: str, clock: Clock) -> EmbedError:
     status = response.status_code
     upstream = _upstream(response)
     cause = f"Power BI HTTP {status} {upstream.code} on {method} {path}"
     request_id = response.headers.get("RequestId")
     if status == 404:
         return NotFound(
-            f"Power BI has no {what} in this workspace, or the identity cannot see it.",
+            f"Power BI has no {what} in this workspace.",
             cause=cause,
             request_id=request_id,
             upstream=upstream,
+            hint="(Or the signed-in identity cannot see it.)",
         )
-    if status in (429, 503):
+    if status in TRANSIENT_STATUSES:
+        # Still failing after our retries: an outage or throttling, not a refusal; the page may try again.
         return Throttled(
             f"Power BI is {'busy' if status == 429 else 'unavailable'}; try again after the time in Retry-After.",
-            status=status,
-            retry_after=_retry_after(response),
+            status=429 if status == 429 else 503,
+            retry_after=_retry_after(response, clock),
             cause=cause,
             request_id=request_id,
             upstream=upstream,
@@ -419,6 +431,7 @@ def _upstream(response: requests.Response) -> Upstream:
     return Upstream(response.status_code, str(error.get("code", "")), str(error.get("message", ""))[:300])
 
 
-def _retry_after(response: requests.Response) -> int:
-    value = response.headers.get("Retry-After", "")
-    return int(value) if value.strip().isdigit() else DEFAULT_RETRY_AFTER_SECONDS
+def _retry_after(response: requests.Response, clock: Clock) -> int:
+    """Power BI's own wait (seconds or a date), whole seconds and at least 1; the default when it sent none."""
+    seconds = retry_after_seconds(response.headers.get("Retry-After"), clock)
+    return DEFAULT_RETRY_AFTER_SECONDS if seconds is None else max(1, math.ceil(seconds))

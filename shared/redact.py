@@ -1,9 +1,10 @@
 """Secrets out of the logs: a bounded registry of what the process holds, and the filter that removes it.
 
-What is registered: the settings' password, client secret and certificate private key, and
-``IDENTITY_HEADER`` (kept for the life of the process), and every Entra access and refresh token
-MSAL gives and every embed token Power BI mints (kept in a bounded, least-recently-registered-first
-structure: tokens expire, and the newest are the ones still in play).
+What is registered: the settings' password, client secret and certificate private key,
+``IDENTITY_HEADER``, the shared cache's Redis password and encryption key (kept for the life of the
+process), and every Entra access and refresh token MSAL gives and every embed token Power BI mints or
+the shared cache hands back (kept in a bounded, least-recently-registered-first structure: tokens
+expire, and the newest are the ones still in play; it holds at least as many as the token cache).
 
 ``RedactingFilter`` replaces each registered value in a log record, traceback included: it formats
 the exception itself, redacts the text and clears ``exc_info``, so no handler formats the raw
@@ -24,7 +25,9 @@ from collections import OrderedDict
 from typing import Any
 
 MASK = "[redacted]"
-MAX_TOKENS = 4096  # tokens kept; the oldest registered is forgotten first
+# Tokens kept at least; the oldest registered is forgotten first. ``hold_tokens`` raises it to what the
+# token cache can hold (POWERBI_CACHE_MAX_TOKENS, plus the Entra tokens), so that no cached token is forgotten.
+MIN_TOKENS = 4096
 # Tokens are long runs of these characters (JWTs, base64 embed tokens, PEM lines); a run this long
 # is looked up by its first PREFIX characters.
 PREFIX = 24
@@ -33,6 +36,7 @@ _RUN = re.compile(r"[A-Za-z0-9\-_.~+/]{" + str(PREFIX) + ",}")
 MIN_LITERAL = 6
 
 _lock = threading.Lock()
+_capacity = MIN_TOKENS
 _literals: tuple[str, ...] = ()  # lasting secrets, matched anywhere (they may hold spaces or newlines)
 _tokens: OrderedDict[str, None] = OrderedDict()
 _by_prefix: dict[str, tuple[str, ...]] = {}  # immutable values, swapped under the lock, read without it
@@ -57,9 +61,20 @@ def register_secret(value: str | None, *, lasting: bool = False) -> None:
             return
         _tokens[value] = None
         _index(value, add=True)
-        while len(_tokens) > MAX_TOKENS:
+        while len(_tokens) > _capacity:
             old, _ = _tokens.popitem(last=False)
             _index(old, add=False)
+
+
+def hold_tokens(count: int) -> None:
+    """Keep at least ``count`` tokens from now on (never fewer than before): the token cache's size."""
+    global _capacity
+    with _lock:
+        _capacity = max(_capacity, count)
+
+
+def capacity() -> int:
+    return _capacity
 
 
 def _index(token: str, *, add: bool) -> None:
@@ -95,10 +110,11 @@ def redact(text: str) -> str:
 
 
 def forget_all() -> None:
-    """Empty the registry (tests)."""
-    global _literals
+    """Empty the registry, back to its smallest size (tests)."""
+    global _literals, _capacity
     with _lock:
         _literals = ()
+        _capacity = MIN_TOKENS
         _tokens.clear()
         _by_prefix.clear()
 

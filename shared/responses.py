@@ -4,7 +4,9 @@ Tokens must not sit in browser or proxy caches, so every answer says ``no-store`
 Every failure becomes ``{"error": {"code", "message", "requestId"}}`` here, with one log line
 carrying the full cause, the request id and Power BI's RequestId; nothing else answers errors.
 
-The answer's message tells strangers nothing: in production it is the code's generic message
+A 4xx answer's message says what is wrong with the request, in production too (it never names the
+configuration: see ``shared.errors``); the operator's hint is added only with details on. A 5xx
+answer's message tells strangers nothing: in production it is the code's generic message
 (``errors.PUBLIC_MESSAGES``); the detailed one (setting names, AADSTS code and hint, Power BI's
 status and RequestId) only with details on (``settings.policy.error_details``). ``requestId`` is the
 invocation id, which the log line carries too, so an operator can find the cause from an answer.
@@ -19,7 +21,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.errors import EmbedError, public_message
+from shared.errors import ClientError, EmbedError, public_message
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,12 @@ def error_response(error: EmbedError, request_id: str = "", details: bool = Fals
         error.cause,
         error.request_id or "-",
     )
-    message = error.message if details else public_message(error.code)
+    if details:
+        message = error.detailed_message
+    elif isinstance(error, ClientError):
+        message = error.message  # about the request, never the configuration
+    else:
+        message = public_message(error.code)
     body = {"error": {"code": error.code, "message": message, "requestId": request_id}}
     headers = dict(error.headers)
     if "Retry-After" in headers:

@@ -27,6 +27,7 @@ Entra ID tokens are never put here: each process keeps them in MSAL's cache (see
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -36,9 +37,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from shared.cache import Source
 from shared.clock import SYSTEM_CLOCK, Clock
+from shared.redact import register_secret
 from shared.settings import Settings, SharedCacheSettings
 
 if TYPE_CHECKING:
@@ -208,6 +211,7 @@ class SharedCache:
         config = settings.shared_cache
         if config is None:
             return None
+        register_cache_secrets(config)
         seal = Seal(config.encryption_key, namespace_material(settings))
         return cls(connect(config, settings), seal, clock, breaker_seconds=config.breaker_seconds)
 
@@ -344,6 +348,14 @@ def probe(cache: SharedCache) -> Probe:
         return Probe(False, tuple(lines))
     lines.append((True, "a sealed write and read round trip (AES-256-GCM)"))
     return Probe(True, tuple(lines))
+
+
+def register_cache_secrets(config: SharedCacheSettings) -> None:
+    """The Redis password (as written in POWERBI_CACHE_URL and decoded) and the encryption key (as the setting
+    spells it, base64) are secrets for the logs: a redis-py error or a stray repr must not show them."""
+    password = urlsplit(config.url).password
+    for secret in (password, unquote(password or ""), base64.b64encode(config.encryption_key).decode("ascii")):
+        register_secret(secret, lasting=True)
 
 
 def connect(config: SharedCacheSettings, settings: Settings) -> redis.Redis:

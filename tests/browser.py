@@ -59,7 +59,8 @@ SCREENSHOT = Path(tempfile.gettempdir()) / "powerbi-embed-sample.png"  # looked 
 #   - When the iframe fires its DOM "load" event, the SDK posts POST /report/load (/dashboard/load for a
 #     dashboard) whose body is the whole embed configuration: type, id, embedUrl, accessToken, tokenType
 #     (1 = Embed), groupId, uniqueId, settings.
-#   - report.setAccessToken(token) posts POST /report/token (/dashboard/token) whose body is the token string.
+#   - report.setAccessToken(token) posts POST /report/token (/dashboard/token) whose body is the token string
+#     (a test may hold the page's answers to these: holdTokens, releaseTokens()).
 #   - report.reload() posts /report/load again, with the configuration's current (set) token.
 # * The iframe answers a request by posting {statusCode, headers: {id: <the request's id>}, body}; a statusCode
 #   outside 2xx rejects the SDK's promise. Power BI answers load and token with 202.
@@ -74,6 +75,13 @@ FAKE_EMBED = """<!doctype html>
 <body><h2>Fake Power BI embed (test)</h2><p id="summary">Waiting for the SDK…</p>
 <script>
 window.received = [];
+// A test may hold Power BI's answers to token updates (holdTokens = true) and let them go later.
+window.holdTokens = false;
+window.heldTokens = [];
+window.releaseTokens = () => {
+  window.holdTokens = false;
+  window.heldTokens.splice(0).forEach((m) => reply(m, 202, null));
+};
 let uid = new URLSearchParams(location.search).get("uid");
 const events = location.pathname === "/dashboardEmbed" ? "dashboards" : "reports";
 const reply = (request, statusCode, body) =>
@@ -93,7 +101,7 @@ addEventListener("message", (event) => {
     raise("loaded");
     raise("rendered");
   } else if (/^\\/(report|dashboard)\\/token$/.test(m.url)) {
-    reply(m, 202, null);
+    if (window.holdTokens) window.heldTokens.push(m); else reply(m, 202, null);
   } else {
     reply(m, 404, {message: "NotSupported", detailedMessage: "The fake embed page does not do " + m.url});
   }

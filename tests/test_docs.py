@@ -16,6 +16,7 @@ import ast
 import re
 from pathlib import Path
 
+from shared import errors
 from shared.errors import PUBLIC_MESSAGES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +106,14 @@ def test_every_error_code_has_a_row_in_the_error_table() -> None:
 def test_the_error_table_quotes_the_production_messages_and_statuses() -> None:
     statuses = fixed_statuses()
     assert statuses["not_found"] == 404 and "throttled" not in statuses  # the scan itself
+    # A ClientError (4xx) answers its own message, about the request: the table quotes an example.
+    client = {c.code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.ClientError)}
+    assert client >= {"invalid_request", "not_found"}
     for status, code, message in error_rows():
+        if code in client:
+            assert message.startswith("what is wrong with the request, e.g. "), f"{status} {code}: {message!r}"
+            assert "POWERBI_" not in message
+            continue
         assert message == PUBLIC_MESSAGES[code], f"{status} {code}: the table says {message!r}"
         assert int(status) == statuses.get(code, int(status)), f"{code} answers {statuses[code]}, not {status}"
 

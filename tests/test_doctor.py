@@ -19,6 +19,8 @@ from emulator import (
 )
 from emulator.entra import emulator_session
 from shared import doctor
+from shared.errors import ConfigurationError
+from shared.settings import Settings
 from tests.conftest import PASSWORD, SECRET
 
 
@@ -83,6 +85,23 @@ def test_settings_problems_and_key_vault_references(fake: FakeUpstream, env: dic
     assert "Key Vault Secrets User" in text
     assert "FAIL  POWERBI_WORKSPACE_ID must be a GUID" in text
     assert fake.requests == []
+
+
+def test_each_settings_problem_is_one_line(fake: FakeUpstream, env: dict[str, str]) -> None:
+    """The problems come from the error's list, whole: the Key Vault one holds both ": " and "; "."""
+    env["POWERBI_PASSWORD"] = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/pw/)"
+    env["POWERBI_TOKEN_LIFETIME_MINUTES"] = "600"
+    env["POWERBI_WORKSPACE_ID"] = "Sales"
+
+    status, text = run(env)
+
+    failures = [line.strip().removeprefix("FAIL  ") for line in text.splitlines() if "FAIL  " in line]
+    with pytest.raises(ConfigurationError) as raised:  # what the function itself finds in the same values
+        Settings.from_env(env)
+    assert status == 1
+    assert len(raised.value.problems) == 3
+    assert [f for f in failures if ": an unresolved" not in f] == list(raised.value.problems)
+    assert not any(f.startswith(("check that", "locally", "sign in")) for f in failures)
 
 
 @pytest.mark.parametrize(

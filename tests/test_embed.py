@@ -271,7 +271,8 @@ def test_server_errors_are_retried_with_backoff(call: Callable[..., Any], fake: 
 
     response = call(REPORT)
 
-    assert (response.status_code, error_code(response)) == (502, "powerbi_error")
+    # Still failing after the retries: unavailable, like a 503, with Power BI's default wait.
+    assert (response.status_code, error_code(response), response.headers["Retry-After"]) == (503, "unavailable", "30")
     assert len(fake.calls("POST", "GenerateToken")) == 4
     # urllib3's exponential back-off (factor 0.5, the first retry at once) with up to 0.5 s of jitter.
     assert len(clock.sleeps) == 2
@@ -288,7 +289,11 @@ def test_hanging_upstream_is_504_inside_the_deadline(
     response = call(REPORT)
     elapsed = time.monotonic() - started
 
-    assert (response.status_code, error_code(response)) == (504, "upstream_timeout")
+    assert (response.status_code, error_code(response), response.headers["Retry-After"]) == (
+        504,
+        "upstream_timeout",
+        "10",
+    )
     assert elapsed < 3  # one second of deadline, plus start-up; the upstream would have hung for ten
     assert len(fake.calls("POST", "GenerateToken")) == 1  # a timed-out read is not retried
 
@@ -300,7 +305,11 @@ def test_unreachable_power_bi_is_502(
 
     response = call(REPORT)
 
-    assert (response.status_code, error_code(response)) == (502, "upstream_unreachable")
+    assert (response.status_code, error_code(response), response.headers["Retry-After"]) == (
+        502,
+        "upstream_unreachable",
+        "10",
+    )
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ Playwright's ``page.clock`` (fake timers and Date, fast-forwarded): no sleeps. T
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -88,7 +90,7 @@ def options(api: str, **extra: Any) -> dict[str, Any]:
 
 def start_embed(page: Any, container: str, opts: dict[str, Any]) -> None:
     """Call embed() without waiting for it: window.outcome tells how it ended."""
-    page.evaluate(f"window.run(() => embedjs.embed(document.getElementById({container!r}), {json.dumps(opts)}))")
+    page.evaluate(f"void window.run(() => embedjs.embed(document.getElementById({container!r}), {json.dumps(opts)}))")
 
 
 def embed_frame(page: Any, index: int = 0) -> Any:
@@ -344,3 +346,145 @@ def test_stop_clears_every_timer_and_listener(page: Any, web: str, api: str) -> 
 
     assert len(page.evaluate("window.fetches")) == 1  # nothing after stop()
     assert tokens_set(frame) == []
+
+
+# --- issue 17: a TokenExpired during a refresh, and stop() before the first token ---------------------------
+
+
+def hold_token_requests(page: Any) -> list[Any]:
+    """Hold every request to the function until the test lets it go (``route.continue_()``)."""
+    held: list[Any] = []
+    page.route("**/api/embed/**", lambda route: held.append(route))
+    return held
+
+
+def wait_until_held(page: Any, held: list[Any], count: int = 1) -> None:
+    until(page, "true", lambda: len(held) >= count)  # Playwright calls the handler as it processes messages
+
+
+def until(page: Any, expression: str, also: Callable[[], bool] = lambda: True, seconds: float = 20) -> None:
+    """Poll ``expression`` in the page from here: with the page's clock paused, wait_for_function would wait on
+    the page's (paused) timers for ever. Each poll is a round trip to the page; none sleeps."""
+    give_up = time.monotonic() + seconds
+    while not (page.evaluate(expression) and also()):
+        if time.monotonic() > give_up:
+            raise AssertionError(f"never true: {expression}")
+
+
+@pytest.mark.usefixtures("short_tokens")
+def test_a_token_expired_that_arrives_during_a_refresh_reloads_after_it(page: Any, web: str, api: str) -> None:
+    page.clock.install()
+    open_test_page(page, web)
+    frame, answers = embedded(page, api, marginMinutes=0.05, checkSeconds=1)
+    page.evaluate("window.sdkErrors = 0; document.getElementById('a').addEventListener('error', () => sdkErrors++)")
+    held = hold_token_requests(page)
+
+    page.clock.run_for(6_000)  # the timer's refresh starts; its fetch is held
+    wait_until_held(page, held)
+    frame.evaluate("raiseTokenExpired()")  # Power BI says the token expired while the refresh waits
+    page.wait_for_function("window.sdkErrors === 1")
+    page.unroute("**/api/embed/**")
+    held[0].continue_()
+
+    frame.wait_for_function("window.received.filter((m) => m.url === '/report/load').length === 2")
+    [token, *_] = tokens_set(frame)
+    assert token != answers[0]["accessToken"]
+    assert sent(frame, "/report/load")[1]["body"]["accessToken"] in tokens_set(frame)  # reloaded with a new token
+    page.wait_for_function("window.events.some((e) => e.detail.reason === 'expired')")
+
+
+@pytest.mark.usefixtures("short_tokens")
+def test_a_token_expired_while_a_refresh_sets_its_token_reloads_after_it_too(
+    page: Any, web: str, api: str, fake: FakeUpstream
+) -> None:
+    """The late case: the refresh already has its token; the TokenExpired is kept for a second refresh."""
+    page.clock.install()
+    open_test_page(page, web)
+    frame, _ = embedded(page, api, marginMinutes=0.05, checkSeconds=3600)  # no timer: focus starts the refresh
+    page.evaluate("window.sdkErrors = 0; document.getElementById('a').addEventListener('error', () => sdkErrors++)")
+    frame.evaluate("window.holdTokens = true")  # Power BI's frame answers the token update when the test says
+
+    page.clock.run_for(6_000)
+    page.evaluate("window.dispatchEvent(new Event('focus'))")
+    frame.wait_for_function("window.heldTokens.length === 1")  # the refresh has its token and is setting it
+    frame.evaluate("raiseTokenExpired()")
+    page.wait_for_function("window.sdkErrors === 1")
+    frame.evaluate("releaseTokens()")
+
+    frame.wait_for_function("window.received.filter((m) => m.url === '/report/load').length === 2")
+    assert len(page.evaluate("window.fetches")) == 3  # the first token, the refresh, and the one for the reload
+
+
+def test_stop_during_a_retry_after_wait_rejects_embed_and_leaves_nothing_behind(
+    page: Any, web: str, api: str, fake: FakeUpstream
+) -> None:
+    page.clock.install()
+    open_test_page(page, web)
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)  # time moves only when the test moves it
+    fake.throttle("GenerateToken", retry_after=30, times=1)
+
+    with page.expect_response(lambda r: "/api/embed/" in r.url) as refused:
+        start_embed(page, "a", options(api, id=REPORT_ID, checkSeconds=1))
+    assert refused.value.status == 429
+    until(page, "document.querySelector('#a > .powerbi-embed-error') !== null")  # waiting 30 s
+    page.evaluate("embedjs.stop()")
+
+    until(page, "window.outcome !== null")
+    assert page.evaluate("window.outcome") == {
+        "ok": False,
+        "name": "EmbedStoppedError",
+        "code": "stopped",
+        "message": "stop() was called before the item was embedded.",
+    }
+    page.clock.run_for(120_000)
+    assert len(page.evaluate("window.fetches")) == 1  # the wait's timer is gone: no second try
+    assert page.query_selector("#a iframe") is None  # no bootstrapped frame
+    assert page.query_selector("#a > .powerbi-embed-error") is None  # no message about a wait that ended
+
+
+def test_stop_during_the_first_fetch_leaves_no_frame_and_no_timer(page: Any, web: str, api: str) -> None:
+    page.clock.install()
+    open_test_page(page, web)
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)
+    held = hold_token_requests(page)
+
+    start_embed(page, "a", options(api, id=REPORT_ID, checkSeconds=1, marginMinutes=100_000))
+    wait_until_held(page, held)
+    assert page.query_selector("#a iframe") is not None  # bootstrapped while the token is fetched
+    page.evaluate("embedjs.stop()")
+
+    until(page, "window.outcome !== null")
+    assert page.evaluate("window.outcome")["name"] == "EmbedStoppedError"
+    assert page.query_selector("#a iframe") is None
+    page.unroute("**/api/embed/**")
+    with contextlib.suppress(Exception):  # the page cancelled the fetch (stop() aborts it): nothing to let go
+        held[0].continue_()
+    page.clock.run_for(60_000)  # a timer left behind would refresh (every token is due at once)
+    assert len(page.evaluate("window.fetches")) == 1
+    assert page.query_selector("#a iframe") is None
+    assert page.evaluate("window.events") == []
+
+
+def test_any_answer_with_retry_after_is_waited_out_before_the_next_try(page: Any, web: str, api: str) -> None:
+    """The function sends Retry-After with every transient fault (here 502 upstream_unreachable), not only 429/503."""
+    page.clock.install()
+    open_test_page(page, web)
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)
+    held = hold_token_requests(page)
+    unreachable = {"error": {"code": "upstream_unreachable", "message": "Power BI could not be reached."}}
+    cors = {"Access-Control-Allow-Origin": web, "Access-Control-Expose-Headers": "Retry-After", "Retry-After": "7"}
+
+    start_embed(page, "a", options(api, id=REPORT_ID))
+    wait_until_held(page, held)
+    page.unroute("**/api/embed/**")
+    held[0].fulfill(status=502, headers=cors, content_type="application/json", body=json.dumps(unreachable))
+    until(page, "document.querySelector('#a > .powerbi-embed-error') !== null")  # shown while it waits
+
+    page.clock.run_for(6_000)
+    assert len(page.evaluate("window.fetches")) == 1  # not before Retry-After
+    page.clock.run_for(1_500)
+    until(page, "window.outcome !== null")
+
+    assert page.evaluate("window.outcome") == {"ok": True}
+    assert len(page.evaluate("window.fetches")) == 2
+    assert page.query_selector("#a > .powerbi-embed-error") is None

@@ -69,3 +69,21 @@ def test_every_error_class_is_documented_at_its_status() -> None:
             assert "throttled" in ERRORS["429"] and "unavailable" in ERRORS["503"]
             continue
         assert cls.code in ERRORS[str(cls.status)], cls.__name__
+
+
+def test_every_answer_with_retry_after_documents_the_header() -> None:
+    from shared.errors import SignInUnavailable, Throttled, UpstreamTimeout, UpstreamUnreachable
+    from shared.openapi import RETRY_AFTER
+
+    answers = [
+        Throttled("", status=429, retry_after=1),
+        Throttled("", status=503, retry_after=1),
+        SignInUnavailable("", retry_after=1),
+        UpstreamUnreachable(""),
+        UpstreamTimeout(""),
+    ]
+    operation = openapi_document()["paths"]["/embed/reports/{reportId}"]["get"]["responses"]
+    for error in answers:
+        assert "Retry-After" in error.headers
+        assert error.code in RETRY_AFTER[str(error.status)]
+        assert "Retry-After" in operation[str(error.status)]["headers"]

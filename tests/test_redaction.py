@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -16,9 +17,11 @@ from shared import redact
 from shared.entra import EntraTokenProvider
 from shared.http import HttpClient
 from shared.settings import Settings
-from tests.conftest import PASSWORD, SECRET, FakeClock
+from tests.conftest import PASSWORD, REDIS_PASSWORD, SECRET, FakeClock
+from tests.redis_server import RedisServer
 
 REPORT = f"/api/embed/reports/{REPORT_ID}"
+CACHE_KEY = base64.b64encode(bytes(range(7, 39))).decode()
 
 
 @pytest.fixture
@@ -138,11 +141,58 @@ def test_lasting_secrets_with_spaces_and_lines() -> None:
 
 
 def test_the_token_registry_is_bounded() -> None:
+    redact.forget_all()
     first = "first-token-" + "a" * 40
     redact.register_secret(first)
-    for n in range(redact.MAX_TOKENS):
+    for n in range(redact.capacity()):
         redact.register_secret(f"token-{n:06d}-" + "b" * 40)
 
-    assert len(redact._tokens) == redact.MAX_TOKENS
+    assert len(redact._tokens) == redact.capacity() == redact.MIN_TOKENS
     assert first in redact.redact(first)  # the oldest was forgotten
-    assert redact.redact(f"token-{redact.MAX_TOKENS - 1:06d}-" + "b" * 40) == redact.MASK
+    assert redact.redact(f"token-{redact.capacity() - 1:06d}-" + "b" * 40) == redact.MASK
+
+
+# --- issue 17 §5: the registry and the shared cache ------------------------------------------------------
+
+
+def test_the_registry_holds_at_least_as_many_tokens_as_the_token_cache(
+    env: dict[str, str], make_service: Callable[[dict[str, str]], Any]
+) -> None:
+    redact.forget_all()
+    make_service({**env, "POWERBI_CACHE_MAX_TOKENS": "20000"})
+    first = "first-token-" + "a" * 40
+    redact.register_secret(first)
+    for n in range(20_000 - 1):  # a full token cache: the first token is still one of them
+        redact.register_secret(f"token-{n:06d}-" + "b" * 40)
+
+    assert redact.capacity() >= 20_000 > redact.MIN_TOKENS
+    assert redact.redact(first) == redact.MASK
+
+
+def shared_env(env: dict[str, str], url: str) -> dict[str, str]:
+    return {**env, "POWERBI_CACHE_URL": url, "POWERBI_CACHE_ENCRYPTION_KEY": CACHE_KEY}
+
+
+def test_an_embed_token_read_from_the_shared_cache_is_redacted(
+    env: dict[str, str], make_service: Callable[[dict[str, str]], Any], redis_server: RedisServer
+) -> None:
+    one = make_service(shared_env(env, redis_server.url))
+    minted = one.embed("report", REPORT_ID).token.token
+    redact.forget_all()  # another instance: it has never seen the token
+    two = make_service(shared_env(env, redis_server.url))
+
+    served = two.embed("report", REPORT_ID).token.token
+
+    assert served == minted  # from Redis, not minted again
+    assert redact.redact(f"token={served}") == f"token={redact.MASK}"
+
+
+def test_the_redis_password_and_the_cache_key_are_secrets(
+    env: dict[str, str], make_service: Callable[[dict[str, str]], Any], redis_server: RedisServer
+) -> None:
+    redact.forget_all()
+    make_service(shared_env(env, redis_server.url))
+
+    line = f"redis {redis_server.url} password {REDIS_PASSWORD} key {CACHE_KEY}"
+    assert REDIS_PASSWORD not in redact.redact(line)
+    assert CACHE_KEY not in redact.redact(line)

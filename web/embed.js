@@ -13,14 +13,20 @@
 // * refreshes the token with setAccessToken when less than `marginMinutes` remain: a timer checks every
 //   `checkSeconds` against the wall clock, and so do the page's `visibilitychange` and `focus` events, so a
 //   laptop that slept past the refresh time (its timers fire late, or not at all until it wakes) catches up;
-// * on Power BI's TokenExpired error, fetches a new token, sets it and reloads;
-// * on 429 or 503 from the function, waits what Retry-After says (bounded) before trying again;
+// * on Power BI's TokenExpired error, fetches a new token, sets it and reloads (one that arrives while a
+//   refresh is under way is not lost: the item reloads once that refresh has set its token);
+// * on an answer with Retry-After (429, 503, and any other transient fault: 502 upstream_unreachable,
+//   504 upstream_timeout), and on 429 or 503 without one, waits that long (bounded) before trying again;
 // * shows the function's error message in the container and raises ERROR_EVENT on it (detail: an
 //   EmbedTokenError with code, status, requestId, retryAfter, phase);
-// * stop() clears every timer and listener it set.
+// * stop() clears every timer and listener it set and cancels a fetch under way. A promise of embed() or
+//   embedReports() that has not settled yet (the first token still being fetched, or a Retry-After being
+//   waited out) rejects with an EmbedStoppedError (code "stopped"), and the bootstrapped frame is removed;
+//   items already embedded stay as they are, with their current token.
 //
 // The function's contract (GET /api/openapi.json): a token answer has accessToken, tokenId and expiration
-// (ISO 8601); an error answer is {"error": {"code", "message", "requestId"?}} with Retry-After on 429/503.
+// (ISO 8601); an error answer is {"error": {"code", "message", "requestId"?}}, with Retry-After when trying
+// again later may help.
 
 /** Raised on the container when the token could not be had; its detail is an EmbedTokenError. */
 export const ERROR_EVENT = "powerbi-embed-error";
@@ -47,8 +53,17 @@ export class EmbedTokenError extends Error {
     this.code = code;
     this.status = status;
     this.requestId = requestId;
-    this.retryAfter = retryAfter; // seconds, on 429 and 503
+    this.retryAfter = retryAfter; // seconds, when the answer had Retry-After (or was a 429 or 503); else null
     this.phase = phase; // "embed" (no item shown) or "refresh" (the item keeps its current token)
+  }
+}
+
+/** How embed() and embedReports() reject when stop() is called before they have embedded anything. */
+export class EmbedStoppedError extends Error {
+  constructor() {
+    super("stop() was called before the item was embedded.");
+    this.name = "EmbedStoppedError";
+    this.code = "stopped";
   }
 }
 
@@ -109,6 +124,9 @@ class Session {
     this.embeds = [];
     this.current = null; // the function's latest answer
     this.pending = null; // the refresh under way: a timer, an event and TokenExpired share one
+    this.expired = new Set(); // embeds that reported TokenExpired and still wait for their reload
+    this.waking = new Set(); // resolvers of the waits under way, so that stop() can end them
+    this.aborter = new AbortController(); // cancels a fetch under way on stop()
     this.notBefore = 0; // after a 429/503, no refresh before this (ms since the epoch)
     this.timers = new Set();
     this.stopped = false;
@@ -128,15 +146,15 @@ class Session {
     }
     try {
       this.current = await this.fetchWithRetries();
+      if (this.stopped) throw new EmbedStoppedError();
     } catch (error) {
+      const stopped = this.stopped;
       this.stop();
       for (const container of this.containers) {
-        this.powerbi.reset(container); // the bootstrapped frame would only wait forever
-        this.fail(container, error);
+        if (!stopped) this.fail(container, error); // stop() asked for it: no error to show
       }
-      throw error;
+      throw stopped ? new EmbedStoppedError() : error;
     }
-    if (this.stopped) return [];
     const items = this.items(this.current);
     this.embeds = this.containers.map((container, i) => {
       const item = items.get(String(this.ids[i]).toLowerCase()) || items.values().next().value;
@@ -151,7 +169,10 @@ class Session {
       });
       embedded.on("error", (event) => {
         const detail = (event && event.detail) || {};
-        if (detail.message === TOKEN_EXPIRED || detail.errorCode === TOKEN_EXPIRED) this.refresh("expired", embedded);
+        if (detail.message === TOKEN_EXPIRED || detail.errorCode === TOKEN_EXPIRED) {
+          this.expired.add(embedded);
+          this.refresh("expired");
+        }
       });
       return embedded;
     });
@@ -163,11 +184,19 @@ class Session {
   }
 
   stop() {
+    if (!this.stopped && !this.embeds.length) {
+      // Nothing embedded yet: the bootstrapped frame would only wait forever, and so would a message.
+      for (const container of this.containers) this.powerbi.reset(container);
+      this.clear();
+    }
     this.stopped = true;
     for (const timer of this.timers) {
       clearInterval(timer); // clearInterval and clearTimeout share one list of ids
     }
     this.timers.clear();
+    for (const wake of this.waking) wake(); // a Retry-After wait ends now; its caller sees `stopped`
+    this.waking.clear();
+    this.aborter.abort();
     window.removeEventListener("focus", this.check);
     document.removeEventListener("visibilitychange", this.onVisible);
     sessions.delete(this);
@@ -188,28 +217,37 @@ class Session {
     if (!this.stopped && this.current && now >= this.due() && now >= this.notBefore) this.refresh("refresh");
   }
 
-  /** Fetch a token and set it on every embed; after TokenExpired, also reload the one that expired. */
-  refresh(reason, expired = null) {
+  /** Fetch a token and set it on every embed; reload those that reported TokenExpired (``this.expired``).
+   * One refresh at a time: a TokenExpired that arrives after this one took its list of embeds to reload is
+   * kept, and a second refresh reloads it as soon as this one is done. */
+  refresh(reason) {
     this.pending = this.pending || (async () => {
+      let done = false;
       try {
         const next = await this.fetchToken("refresh");
         if (this.stopped) return;
+        const reload = [...this.expired];
+        this.expired.clear();
         // The function reuses a token while it has enough time left: only a new one is news, unless expired.
-        if (next.tokenId !== this.current.tokenId || expired) {
+        if (next.tokenId !== this.current.tokenId || reload.length) {
           await Promise.all(this.embeds.map((embedded) => embedded.setAccessToken(next.accessToken)));
           this.current = next;
-          if (expired) await expired.reload();
-          this.announce(reason);
+          await Promise.all(reload.map((embedded) => embedded.reload()));
+          this.announce(reload.length ? "expired" : reason);
         }
         this.clear();
+        done = true;
       } catch (caught) {
+        if (this.stopped) return;
         const error = caught instanceof EmbedTokenError ? caught : new EmbedTokenError(
           "Power BI did not take the new token; the next check tries again.", { code: "sdk_error", phase: "refresh" });
-        if (error.retryAfter !== null) this.backOff(error.retryAfter, () => this.refresh(reason, expired));
+        if (error.retryAfter !== null) this.backOff(error.retryAfter, () => this.refresh(reason));
         for (const container of this.containers) this.fail(container, error);
       } finally {
         this.pending = null;
       }
+      // A TokenExpired came in while this refresh was setting the token: reload with a token fetched after it.
+      if (done && this.expired.size && !this.stopped) this.refresh("expired");
     })();
     return this.pending;
   }
@@ -230,6 +268,15 @@ class Session {
     this.timers.add(timer);
   }
 
+  /** Wait `ms`, or until stop(): the caller checks `this.stopped` after. */
+  sleep(ms) {
+    return new Promise((resolve) => {
+      const wake = () => { this.waking.delete(wake); resolve(); };
+      this.waking.add(wake);
+      this.later(ms, wake);
+    });
+  }
+
   /** The first token: a 429/503 is waited out (Retry-After) up to `retries` times. */
   async fetchWithRetries() {
     for (let attempt = 0; ; attempt += 1) {
@@ -240,8 +287,8 @@ class Session {
           throw error;
         }
         for (const container of this.containers) this.fail(container, error, false);
-        await new Promise((resolve) => this.later(this.wait(error.retryAfter), resolve));
-        if (this.stopped) throw error;
+        await this.sleep(this.wait(error.retryAfter));
+        if (this.stopped) throw new EmbedStoppedError();
         this.clear();
       }
     }
@@ -254,8 +301,10 @@ class Session {
         cache: "no-store",
         credentials: this.options.credentials || "same-origin",
         headers: this.options.headers || {},
+        signal: this.aborter.signal,
       });
     } catch (networkOrCors) {
+      if (this.stopped) throw new EmbedStoppedError();
       throw new EmbedTokenError(
         `Could not reach the embed-token function at ${this.endpoint}. ` +
           "Is it running, and does it allow this page's origin (CORS)?",
@@ -263,14 +312,17 @@ class Session {
       );
     }
     const body = await response.json().catch(() => null);
+    if (this.stopped) throw new EmbedStoppedError();
     if (response.ok && body && body.accessToken) return body;
     const error = (body && body.error) || {};
-    const throttled = response.status === 429 || response.status === 503;
+    // Worth waiting for: what the function says (Retry-After, on every transient fault), or a 429/503 without it.
+    const told = response.headers.get("Retry-After");
+    const retryable = told !== null || response.status === 429 || response.status === 503;
     throw new EmbedTokenError(error.message || `The embed-token function answered HTTP ${response.status}.`, {
       code: error.code || "http_error",
       status: response.status,
       requestId: error.requestId || null,
-      retryAfter: throttled ? retryAfterSeconds(response.headers.get("Retry-After")) : null,
+      retryAfter: retryable ? retryAfterSeconds(told) : null,
       phase,
     });
   }

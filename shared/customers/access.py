@@ -72,7 +72,7 @@ class CustomerAccess:
         customer_id = self._customer_id(principal)
         customer = self.directory.find(customer_id)
         if customer is None:
-            raise NotAllowed(_NO_CUSTOMER, cause=f"customer {customer_id} is not in the directory")
+            raise NotAllowed(_NO_CUSTOMER, hint=f"(Customer {customer_id} is not in the directory.)")
         if customer.profile_id and self.settings.sign_in.mode == "MasterUser":
             # Profiles belong to service principals: Power BI refuses a profile header from a user.
             raise ConfigurationError(
@@ -88,7 +88,9 @@ class CustomerAccess:
             types = TENANT_CLAIMS if rule.value in TENANT_CLAIMS else (rule.value,)
             value = next((principal.claims[t] for t in types if principal.claims.get(t)), "")
             if not value:
-                raise NotAllowed(_NO_CUSTOMER, cause=f"the principal has no {rule.value} claim")
+                raise NotAllowed(
+                    _NO_CUSTOMER, hint=f"(The principal has no {rule.value} claim: POWERBI_CUSTOMER_FROM.)"
+                )
             found = {canonical_id(value)}
         else:
             prefix = rule.value.lower()
@@ -99,9 +101,11 @@ class CustomerAccess:
             }
         if len(found) != 1:
             raise NotAllowed(
-                _NO_CUSTOMER, cause=f"the principal has {len(found)} roles starting with {rule.value}, not one"
+                _NO_CUSTOMER,
+                hint=f"(The principal has {len(found)} roles starting with {rule.value}, not one: "
+                "POWERBI_CUSTOMER_FROM.)",
             )
         customer_id = found.pop()
         if len(customer_id) > MAX_ID_LENGTH or any(c in customer_id for c in "/\\#?") or not customer_id.isprintable():
-            raise NotAllowed(_NO_CUSTOMER, cause="the principal's customer id cannot be a customer id")
+            raise NotAllowed(_NO_CUSTOMER, hint="(The principal's customer id cannot be a customer id.)")
         return customer_id
