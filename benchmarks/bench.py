@@ -430,6 +430,7 @@ def customers_run(count: int) -> None:
                 "POWERBI_AUTHORITY_HOST": base_url,
                 "POWERBI_API_URL": base_url,
                 "POWERBI_CACHE_MAX_TOKENS": "1000",
+                "POWERBI_MAX_NEW_TOKENS_PER_MINUTE": "100000",  # 1,000 first tokens in seconds: not a budget figure
                 "WEBSITE_AUTH_ENABLED": "True",
                 "POWERBI_CUSTOMERS_SOURCE": "table",
                 "POWERBI_CUSTOMER_FROM": "claim:extension_CustomerId",
