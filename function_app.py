@@ -21,7 +21,7 @@ import requests
 from shared import redact
 from shared.embed import EmbedService, Kind
 from shared.errors import ConfigurationError
-from shared.identity import identity_for
+from shared.identity import identity_for, principal_id
 from shared.openapi import openapi_json
 from shared.responses import json_response, respond
 from shared.settings import Settings, error_details, http_auth_level
@@ -70,9 +70,10 @@ def _embed(req: func.HttpRequest, context: func.Context, kind: Kind, ids: str | 
         # The customer and the row-level-security identity come only from App Service Authentication's headers.
         customer = svc.customer_for(req.headers)
         identity = identity_for(req.headers, svc.settings)
+        principal = principal_id(req.headers, svc.settings.budget.platform_signs_in)  # the per-user budget
         params = req.params
         workspace, access = params.get("workspaceId"), params.get("accessLevel")
-        return svc.embed(kind, ids, workspace, access, identity, customer).to_json()
+        return svc.embed(kind, ids, workspace, access, identity, principal, customer).to_json()
 
     return respond(produce, context.invocation_id, details)
 

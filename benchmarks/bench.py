@@ -13,7 +13,11 @@
   1,000 random GUIDs (upstream calls), 1,000 signed-in users on a plain report and the same 3 reports in 6
   orders (GenerateToken calls), peak memory at 1,000 vs 100,000 users on an RLS report with
   POWERBI_CACHE_MAX_TOKENS=1000, and the wall time of the cold 50-report request when the emulator delays
-  each Power BI call by 200 ms.
+  each Power BI call by 200 ms;
+- nobody waits, nothing amplifies (issue 17; also alone with ``--issue17``), on a simulated clock shared
+  with the emulator, each Power BI call taking 200 ms of it: 3 hours of 50 keys each asked every 30 s
+  (Entra tokens of 60 to 90 minutes), with refresh ahead and without; 30 minutes of Power BI answering 503
+  after an hour; 63 subsets of 6 reports in one minute with a budget of 10 new tokens a minute.
 
 Many customers (issue 16), also alone with ``python benchmarks/bench.py --customers`` (about a minute):
 1,000 customers in an Azure Storage table (a real Azurite), each with its own profile and workspace holding
@@ -32,8 +36,10 @@ import base64
 import gc
 import itertools
 import json
+import logging
 import multiprocessing
 import os
+import random
 import resource
 import secrets
 import statistics
@@ -70,11 +76,13 @@ from emulator import (  # noqa: E402
 from emulator import catalog as cat  # noqa: E402
 from emulator.entra import emulator_session  # noqa: E402
 from emulator.host import FunctionRoutes  # noqa: E402
+from shared.budget import Budget  # noqa: E402
 from shared.embed import EmbedService  # noqa: E402
-from shared.errors import NotFound  # noqa: E402
+from shared.errors import EmbedError, NotFound, Throttled  # noqa: E402
 from shared.identity import Identity  # noqa: E402
 from shared.powerbi import EmbedToken, PowerBIClient, TokenRequest  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from tests.conftest import FakeClock, ManualBackground  # noqa: E402
 
 # A Power BI embed token is about this long (the emulator's are shorter); the memory figure uses it.
 EMBED_TOKEN_CHARS = 1000
@@ -214,6 +222,8 @@ def main() -> None:
         function_app.use_service(None)
 
         catalog_figures(fake)
+        fake.reset()
+        issue17_figures(fake)
     customers_figures()
 
 
@@ -226,18 +236,28 @@ def publish(fake: FakeUpstream, count: int) -> list[str]:
     return ids
 
 
+class NoBudget(Budget):
+    """The memory figures measure the cache with a new user per request: no new-token budget (the default
+    would refuse the 301st new token of a minute, as it should)."""
+
+    def take(self, principal: str | None = None, *, background: bool = False) -> None:
+        return None
+
+
 def catalog_figures(fake: FakeUpstream) -> None:
     reports = publish(fake, 50)
     principal = {"POWERBI_RLS_USERNAME_SOURCE": "principal", "POWERBI_RLS_ROLES": "Region"}
     principal["WEBSITE_AUTH_ENABLED"] = "True"
 
     fake.reset_records()
-    service = EmbedService.create(settings(fake))
+    service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
     service.embed("reports", reports)
     print(f"cold request for 50 reports: {_by_kind(fake, pbi_only=True)} (besides signing in: {_sign_in(fake)})")
 
     fake.reset_records()
-    service = EmbedService.create(settings(fake))  # cold: its catalog not read yet
+    service = EmbedService.create(
+        settings(fake), session=emulator_session(fake.base_url)
+    )  # cold: its catalog not read yet
     misses = 0
     for _ in range(1000):
         try:
@@ -247,7 +267,7 @@ def catalog_figures(fake: FakeUpstream) -> None:
     print(f"1,000 random GUIDs, cold: {misses} answered 404; Power BI: {_by_kind(fake, pbi_only=True)}")
 
     fake.reset_records()
-    service = EmbedService.create(settings(fake, **principal))
+    service = EmbedService.create(settings(fake, **principal), session=emulator_session(fake.base_url))
     for n in range(1000):
         service.embed("report", REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
     print(f"1,000 signed-in users on a plain report: {len(fake.calls('POST', 'GenerateToken'))} GenerateToken")
@@ -273,7 +293,7 @@ def catalog_figures(fake: FakeUpstream) -> None:
 
     fake.reset_records()
     fake.latency = 0.2
-    service = EmbedService.create(settings(fake))
+    service = EmbedService.create(settings(fake), session=emulator_session(fake.base_url))
     started = time.perf_counter()
     service.embed("reports", reports)
     elapsed = time.perf_counter() - started
@@ -290,10 +310,12 @@ def memory_for_users(
     """(peak traced bytes, tokens kept, the last user's outcome, the first user's outcome) for ``users``
     distinct users on an RLS report, each once, through ``EmbedService.embed``."""
     gc.collect()
-    service = EmbedService.create(settings(fake, POWERBI_CACHE_MAX_TOKENS="1000", **principal))
+    service = EmbedService.create(
+        settings(fake, POWERBI_CACHE_MAX_TOKENS="1000", **principal), session=emulator_session(fake.base_url)
+    )
     mint = InProcessMint(service.powerbi)
-    service.powerbi = mint
-    service.catalog.powerbi = mint
+    service.powerbi = service.catalog.powerbi = service.embed_tokens.powerbi = mint
+    service.embed_tokens.budget = NoBudget(1, 1, service.clock)
     service.embed("report", RLS_REPORT_ID, identity=Identity("warm-up@contoso.com", ("Region",)))  # the catalog
     if trace:
         tracemalloc.start()
@@ -307,7 +329,7 @@ def memory_for_users(
         service.embed("report", RLS_REPORT_ID, identity=Identity(f"user{n}@contoso.com", ("Region",)))
         return "a cache hit" if mint.minted == before else "a new GenerateToken"
 
-    kept = len(service.embeds)
+    kept = len(service.embed_tokens.cache)
     return peak, kept, outcome(users - 1), outcome(0)
 
 
@@ -408,6 +430,7 @@ def customers_run(count: int) -> None:
                 "POWERBI_AUTHORITY_HOST": base_url,
                 "POWERBI_API_URL": base_url,
                 "POWERBI_CACHE_MAX_TOKENS": "1000",
+                "POWERBI_MAX_NEW_TOKENS_PER_MINUTE": "100000",  # 1,000 first tokens in seconds: not a budget figure
                 "WEBSITE_AUTH_ENABLED": "True",
                 "POWERBI_CUSTOMERS_SOURCE": "table",
                 "POWERBI_CUSTOMER_FROM": "claim:extension_CustomerId",
@@ -499,6 +522,149 @@ def _signed_in(name: str, customer: str) -> dict[str, str]:
     }
 
 
+# -- issue 17: nobody waits, nothing amplifies --------------------------------------------------------------
+
+RLS_PRINCIPAL = {
+    "POWERBI_RLS_USERNAME_SOURCE": "principal",
+    "POWERBI_RLS_ROLES": "Region",
+    "WEBSITE_AUTH_ENABLED": "True",
+}
+
+
+class Simulated:
+    """The emulator and the function on one simulated clock; background work runs between requests and takes
+    none of the requests' time (on a worker it runs beside them)."""
+
+    def __init__(self, fake: FakeUpstream) -> None:
+        self.fake, self.clock, self.jobs = fake, FakeClock(), ManualBackground()
+        self.start = self.clock.monotonic()
+
+    def __enter__(self) -> Simulated:
+        # The stale and refresh warnings of an outage, once per key per back-off: not the figures' business.
+        logging.getLogger("shared").setLevel(logging.ERROR)
+        self.saved_clock = self.fake.clock
+        self.fake.clock = self.clock.now
+        self.delay()
+        rng = random.Random(17)  # noqa: S311 - a repeatable simulation, no secret
+        self.fake.next_lifetimes = [rng.randint(60 * 60, 90 * 60) for _ in range(1000)]  # Entra: 60 to 90 min
+        return self
+
+    def delay(self) -> None:
+        self.fake.latency, self.fake.wait_with = 0.2, self.clock.sleep
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("shared").setLevel(logging.NOTSET)
+        self.fake.clock = self.saved_clock
+        self.fake.clear_faults()
+        self.fake.reset_records()
+
+    def service(self, **more: str) -> EmbedService:
+        return EmbedService.create(
+            settings(self.fake, **RLS_PRINCIPAL, **more),
+            clock=self.clock,
+            session=emulator_session(self.fake.base_url),
+            background=self.jobs,
+        )
+
+    def at(self, seconds: float) -> None:
+        if self.clock.monotonic() < self.start + seconds:
+            self.clock.advance(self.start + seconds - self.clock.monotonic())
+
+    def background(self) -> None:
+        wall, mono = self.clock.wall, self.clock.mono
+        self.jobs.run()
+        self.clock.wall, self.clock.mono = wall, mono
+
+
+def ask(sim: Simulated, service: EmbedService, user: int) -> tuple[int, bool, float, float]:
+    """One request of key ``user``: (status, whether it called upstream, answer seconds, token seconds left)."""
+    calls, started, real = len(sim.fake.requests), sim.clock.monotonic(), time.perf_counter()
+    identity = Identity(f"user{user}@contoso.com", ("Region",))
+    try:
+        embed = service.embed("report", RLS_REPORT_ID, identity=identity)
+        status, left = 200, embed.token.expires_at - sim.clock.now()
+    except EmbedError as error:
+        status, left = error.status, 0.0
+    elapsed = sim.clock.monotonic() - started + time.perf_counter() - real
+    return status, len(sim.fake.requests) > calls, elapsed, left
+
+
+def refresh_ahead_run(fake: FakeUpstream, ahead: str, hours: int = 3, keys: int = 50) -> tuple[float, list[float]]:
+    """(share of requests after each key's first that called upstream, answer times of those requests)."""
+    with Simulated(fake) as sim:
+        service = sim.service(POWERBI_REFRESH_AHEAD_MINUTES=ahead)
+        waited, times = 0, []
+        for tick in range(hours * 3600 // 30):
+            for user in range(keys):
+                sim.at(tick * 30 + user * 0.5)
+                _, called, elapsed, _ = ask(sim, service, user)
+                sim.background()
+                if tick:
+                    waited, times = waited + called, [*times, elapsed]
+        return waited / len(times), times
+
+
+def outage_run(fake: FakeUpstream, keys: int = 50) -> tuple[int, int, int, int]:
+    """Two hours, Power BI answering 503 from 60 to 90 minutes: (requests in the outage whose key held a token
+    valid for 2 more minutes, of those answered 200, 5xx answers in the outage, Power BI calls in it)."""
+    with Simulated(fake) as sim:
+        service = sim.service()
+        valid, served, errors, left = 0, 0, 0, dict.fromkeys(range(keys), 0.0)
+        for tick in range(2 * 3600 // 30):
+            if tick == 120:
+                fake.fault("*", "/v1.0/", status=503, times=10**9, headers={"Retry-After": "30"})
+                before = len(fake.calls(path_contains="/v1.0/"))
+            if tick == 180:
+                fake.clear_faults()
+                sim.delay()
+                calls = len(fake.calls(path_contains="/v1.0/")) - before
+            for user in range(keys):
+                sim.at(tick * 30 + user * 0.5)
+                held = left[user] - 30  # what its last answer had left, 30 s ago
+                status, _, _, left[user] = ask(sim, service, user)
+                sim.background()
+                if 120 <= tick < 180:
+                    valid += held >= 120
+                    served += held >= 120 and status == 200
+                    errors += status >= 500
+        return valid, served, errors, calls
+
+
+def budget_run(fake: FakeUpstream) -> tuple[int, int]:
+    """63 subsets of 6 reports in one minute, POWERBI_MAX_NEW_TOKENS_PER_MINUTE=10: (GenerateToken, 429s)."""
+    reports = [REPORT_ID, *publish(fake, 5)]
+    with Simulated(fake) as sim:
+        service = sim.service(POWERBI_MAX_NEW_TOKENS_PER_MINUTE="10")
+        refused = 0
+        for n, subset in enumerate(s for k in range(1, 7) for s in itertools.combinations(reports, k)):
+            sim.at(n * 0.9)
+            try:
+                service.embed("reports", list(subset))
+            except Throttled:
+                refused += 1
+        return len(fake.calls("POST", "GenerateToken")), refused
+
+
+def issue17_figures(fake: FakeUpstream) -> None:
+    print("nobody waits (simulated clock, each Power BI call 200 ms):")
+    for label, ahead in (("refresh ahead 10 min", "10"), ("refresh ahead off   ", "0")):
+        started = time.perf_counter()
+        share, times = refresh_ahead_run(fake, ahead)
+        times.sort()
+        print(
+            f"  3 h, 50 keys every 30 s, {label}: {share:.2%} of {len(times):,} requests after each key's first "
+            f"waited for an upstream call; answer p50 {times[len(times) // 2] * 1000:.2f} ms, "
+            f"p99 {times[int(len(times) * 0.99)] * 1000:.2f} ms ({time.perf_counter() - started:.0f} s to run)"
+        )
+    valid, served, errors, calls = outage_run(fake)
+    print(
+        f"  Power BI 503 for 30 min after 1 h (50 keys every 30 s): {served:,} of {valid:,} requests whose token "
+        f"was still valid answered 200; {errors:,} answers 5xx; {calls:,} Power BI calls in the 30 minutes"
+    )
+    minted, refused = budget_run(fake)
+    print(f"  63 subsets of 6 reports in a minute, budget 10: {minted} GenerateToken, {refused} answers 429")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--users"]:
         rss_run(int(sys.argv[2]))
@@ -506,5 +672,10 @@ if __name__ == "__main__":
         customers_run(int(sys.argv[2]))
     elif sys.argv[1:2] == ["--customers"]:
         customers_figures()
+    elif sys.argv[1:2] == ["--issue17"]:
+        with FakeUpstream() as fake, tempfile.TemporaryDirectory() as tmp:
+            ca = str(fake.write_ca_pem(Path(tmp) / "ca.pem"))
+            os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = ca
+            issue17_figures(fake)
     else:
         main()

@@ -23,9 +23,10 @@ issued (``access_tokens``, ``embed_tokens`` with their effective identities).  S
 ``throttle()``, ``latency`` (all Power BI answers), ``latency_for(path, seconds)``, ``fail_sign_in`` (a queue of
 AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting), ``next_lifetimes`` /
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,
-``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early); multitenancy:
-``profiles``, ``add_profile()``, ``strict_profiles``, ``capacities``, ``imports``, ``import_publishing_polls``,
-``import_outcome``.
+``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early). Simulated time:
+``clock`` (what "now" is for tokens issued and checked) and ``wait_with`` (how latency is spent: a fake clock's
+``sleep`` moves that clock instead of waiting). Multitenancy: ``profiles``, ``add_profile()``,
+``strict_profiles``, ``capacities``, ``imports``, ``import_publishing_polls``, ``import_outcome``.
 ``reset()`` clears records and scripted trouble and restores the
 catalogue and tenant settings.
 
@@ -267,6 +268,8 @@ class FakeUpstream:
         self.strict_profiles = False
         self.latency = 0.0  # seconds added to every Power BI answer
         self.path_latency: dict[str, float] = {}  # path part -> seconds added to matching answers
+        # How latency is spent: None waits in real time; a fake clock's sleep moves that clock instead.
+        self.wait_with: Callable[[float], None] | None = None
         # Entra access token -> the 401 code Power BI answers it with although it is valid by time:
         # "TokenExpired" (expired early) or anything else (revoked: PowerBINotAuthorizedException).
         self.rejected_tokens: dict[str, str] = {}
@@ -453,6 +456,7 @@ class FakeUpstream:
             self.next_lifetimes.clear()
             self.latency = 0.0
             self.path_latency.clear()
+            self.wait_with = None
             self.rejected_tokens.clear()
 
     def reset(self) -> None:
@@ -535,7 +539,9 @@ class FakeUpstream:
         is_pbi = path.startswith("/v1.0/")
         fault = self._take_fault(request.method, path)
         delay = (fault.hang if fault else 0.0) + (self.latency if is_pbi else 0.0) + extra
-        if delay > 0:
+        if delay > 0 and self.wait_with is not None:
+            self.wait_with(delay)
+        elif delay > 0:
             self._stopping.wait(delay)  # not time.sleep: stop() must cut it short
         if fault is None:
             response = self._dispatch(request, body, routes)

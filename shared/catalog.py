@@ -27,10 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.cache import Cache, Codec, Lifetime, SharedLevel
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.errors import NotFound
-from shared.http import current_context
+from shared.background import Background
+from shared.cache import BACKGROUND_SECONDS, Cache, Codec, Lifetime, SharedLevel
+from shared.clock import SYSTEM_CLOCK, Clock, Deadline
+from shared.errors import NotFound, transient
+from shared.http import call_context, current_context
 from shared.powerbi import Bearer, Dataset, Item, PowerBIClient
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ def _key(bearer: Bearer, kind: ListingKind, workspace_id: str, parent: str = "")
 
 
 class Catalog:
+    """The listings of the allowed workspaces, each kept POWERBI_CATALOG_TTL_SECONDS; with refresh ahead, one
+    asked in the last part of its life is re-read in the background; one that cannot be re-read for a
+    transient fault keeps serving for at most POWERBI_CATALOG_STALE_SECONDS more."""
+
     def __init__(
         self,
         powerbi: PowerBIClient,
@@ -106,17 +111,29 @@ class Catalog:
         *,
         clock: Clock = SYSTEM_CLOCK,
         shared: SharedLevel | None = None,
+        background: Background | None = None,
+        ahead_seconds: float = 0.0,
+        stale_seconds: float = 0.0,
     ) -> None:
         self.powerbi = powerbi
         self.refresh_seconds = refresh_seconds
         self.clock = clock
+        # Re-read ahead in the last part of a listing's life, at most its second half.
+        ahead = min(ahead_seconds, ttl_seconds / 2)
+
+        def lifetime(listing: Listing) -> Lifetime:
+            fresh = listing.read_at + ttl_seconds
+            return Lifetime(fresh, fresh - ahead if ahead > 0 else None, fresh + stale_seconds)
+
         self._listings: Cache[ListingKey, Listing] = Cache(
             "catalog",
             MAX_LISTINGS,
-            lambda listing: Lifetime(listing.read_at + ttl_seconds),
+            lifetime,
             clock=clock,
             shared=shared,
             codec=Codec(Listing.to_json, Listing.from_json),
+            background=background,
+            transient=transient,
         )
 
     # -- what the embed flow asks ----------------------------------------------------------------------------
@@ -185,7 +202,19 @@ class Catalog:
         """The listing, read once for concurrent callers; ``newer_than``: read after that time (epoch seconds)."""
         accept = None if newer_than is None else (lambda listing: listing.read_at > newer_than)
         deadline = current_context(self.clock).deadline
-        return self._listings.get_or_load(key, lambda: self._read(bearer, key), deadline.remaining, accept=accept)[0]
+        listing, _ = self._listings.get_or_load(
+            key,
+            lambda: self._read(bearer, key),
+            deadline.remaining,
+            accept=accept,
+            refresh=lambda: self._read_ahead(bearer.fork(), key),
+        )
+        return listing
+
+    def _read_ahead(self, bearer: Bearer, key: ListingKey) -> Listing:
+        """The background re-read, with a deadline of its own."""
+        with call_context(Deadline.after(self.clock, BACKGROUND_SECONDS)):
+            return self._read(bearer, key)
 
     def _read(self, bearer: Bearer, key: ListingKey) -> Listing:
         pbi, ws, now = self.powerbi.for_profile(key.profile or None), key.workspace_id, self.clock.now()

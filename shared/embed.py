@@ -8,9 +8,11 @@ The flow of one request, top to bottom (``EmbedService.embed``):
    (``shared.catalog``), and the effective identity for exactly the datasets that require one (Power BI
    refuses it for the others); a dataset that requires one while the function has none to give is a
    configuration error, not a Power BI error;
-3. the token (``shared.cache.Cache.get_or_load``): the canonical key (the set of items in any order and case,
-   the access level, and the identity only when a dataset requires it) is looked up among the bounded
-   cached tokens; on a miss one GenerateToken is made, shared by concurrent requests for that key.
+3. the token (``shared.tokens.EmbedTokens.get``): the canonical key (the set of items in any order and
+   case, the access level, and the identity only when a dataset requires it) is looked up among the
+   bounded cached tokens; on a miss, within the new-token budget, one GenerateToken is made, shared by
+   concurrent requests for that key; a token near its end is re-minted in the background, and a token
+   still valid stands in for a GenerateToken that fails for a transient fault.
 
 Power BI is called with one ``Bearer`` per request: the Entra token is fetched only if something must be
 read or minted, and replaced once if Power BI rejects it.
@@ -19,16 +21,16 @@ read or minted, and replaced once if Power BI rejects it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import requests
 
 from shared import redact
-from shared.cache import Cache, Codec, Lifetime, SharedLevel
+from shared.background import Background, BackgroundPool
+from shared.budget import Budget
+from shared.cache import SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.customers.access import CustomerAccess
@@ -37,17 +39,15 @@ from shared.entra import EntraTokenProvider
 from shared.errors import ConfigurationError, InvalidRequest, NotAllowed
 from shared.http import HttpClient, call_context
 from shared.identity import Identity
-from shared.powerbi import Bearer, Dataset, EffectiveIdentity, EmbedToken, Item, PowerBIClient, TokenRequest
+from shared.powerbi import Bearer, Dataset, EffectiveIdentity, Item, PowerBIClient, TokenRequest
 from shared.settings import Settings, parse_guid
 from shared.shared_cache import SharedCache
+from shared.tokens import ENTRA_MARGIN_SECONDS, Embed, EmbedTokens, Plan, TokenKey
+from shared.tokens import Kind as Kind  # the routes and the doctor name it from here
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["report", "dashboard", "tile", "reports", "create"]
 MAX_REPORTS = 50  # Power BI's limit for one V2 token
-# Extra life asked of the Entra token beyond the embed token's minimum, so that the
-# embed token it makes can still have the minimum after the GenerateToken round trip.
-ENTRA_MARGIN_SECONDS = 120
 # Entra access and refresh tokens the redaction registry keeps beside the embed tokens: MSAL holds one or
 # two at a time; this leaves room for the ones just replaced.
 ENTRA_TOKENS_HELD = 64
@@ -64,72 +64,6 @@ class EmbedRequest:
     identity: Identity | None = None
     profile_id: str | None = None  # the service principal profile every Power BI call is made as
     customer: str | None = None  # the customer's id (many customers), for the log
-
-
-@dataclass(frozen=True, slots=True)
-class TokenKey:
-    """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
-    and with the identity only when one of the token's datasets requires it (it is then the one sent). The
-    profile is part of it: a token minted as one profile is never handed out for another."""
-
-    kind: Kind
-    workspace_id: str
-    ids: tuple[str, ...]  # sorted for several reports
-    access_level: str
-    identity: Identity | None
-    profile_id: str | None = None
-
-    def text(self) -> str:
-        identity = dataclasses.asdict(self.identity) if self.identity else None
-        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity, self.profile_id]
-        return json.dumps(parts, separators=(",", ":"), sort_keys=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one token is for: its cache key and the GenerateToken it takes on a miss."""
-
-    key: TokenKey
-    request: TokenRequest
-
-
-@dataclass(frozen=True, slots=True)
-class Embed:
-    kind: Kind
-    items: tuple[Item, ...]
-    token: EmbedToken
-    dataset: Dataset | None = None  # the dataset a "create" token is for
-
-    def to_json(self) -> dict[str, Any]:
-        token = {
-            "accessToken": self.token.token,
-            "tokenType": "Embed",
-            "tokenId": self.token.token_id,
-            "expiration": self.token.expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        if self.kind == "reports":
-            items = [{"id": i.id, "workspaceId": i.workspace_id, "embedUrl": i.embed_url} for i in self.items]
-            return {"type": "reports", "items": items, **token}
-        if self.dataset is not None:
-            dataset = self.dataset
-            return {
-                "type": "create",
-                "id": dataset.id,
-                "datasetId": dataset.id,
-                "workspaceId": dataset.workspace_id,
-                "embedUrl": dataset.create_embed_url,
-                **token,
-            }
-        item = self.items[0]
-        tile = {"dashboardId": item.dashboard_id} if item.dashboard_id else {}
-        return {
-            "type": item.kind,
-            "id": item.id,
-            **tile,
-            "workspaceId": item.workspace_id,
-            "embedUrl": item.embed_url,
-            **token,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,28 +87,6 @@ class _Scope:
         return cls(p.workspace_id, p.allowed_workspaces, p.allowed_reports, p.allowed_dashboards, s.sign_in.profile_id)
 
 
-def _embed_to_json(value: Embed) -> dict[str, Any]:
-    return {
-        "kind": value.kind,
-        "items": [i.to_json() for i in value.items],
-        "token": value.token.to_json(),
-        "dataset": value.dataset.to_json() if value.dataset else None,
-    }
-
-
-def _embed_from_json(data: dict[str, Any]) -> Embed:
-    return Embed(
-        data["kind"],
-        tuple(Item.from_json(i) for i in data["items"]),
-        EmbedToken.from_json(data["token"]),
-        Dataset.from_json(data["dataset"]) if data["dataset"] else None,
-    )
-
-
-# How an embed goes to the shared cache (Redis) and back.
-EMBED_CODEC = Codec(_embed_to_json, _embed_from_json)
-
-
 class EmbedService:
     def __init__(
         self,
@@ -183,34 +95,34 @@ class EmbedService:
         powerbi: PowerBIClient,
         clock: Clock = SYSTEM_CLOCK,
         shared: SharedLevel | None = None,
+        background: Background | None = None,
+        budget: Budget | None = None,
         customers: CustomerAccess | None = None,
     ) -> None:
         """``shared``: an optional second cache level shared between workers, for tokens and the catalog;
-        ``customers``: the customer directory's access rule (None: one global scope, POWERBI_CUSTOMERS_SOURCE=none)."""
+        ``background``: where refreshes ahead run (none without it); ``budget``: for new tokens (this
+        process's own without one); ``customers``: the customer directory's access rule (None: one global
+        scope, POWERBI_CUSTOMERS_SOURCE=none)."""
         self.settings = settings
         self.customers = customers
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
         self._min_seconds = settings.policy.min_token_minutes * 60
+        self.budget = budget or Budget(settings.budget.per_minute, settings.budget.per_user_per_minute, clock)
         self.catalog = Catalog(
             powerbi,
             settings.caches.catalog_ttl_seconds,
             settings.caches.catalog_refresh_seconds,
             clock=clock,
             shared=shared,
+            background=background,
+            ahead_seconds=settings.refresh.ahead_minutes * 60,
+            stale_seconds=settings.refresh.catalog_stale_seconds,
         )
         # Every token the cache holds stays known to the log redaction, with room for the Entra tokens.
         redact.hold_tokens(settings.caches.max_tokens + ENTRA_TOKENS_HELD)
-        # A token is handed out while it still has the minimum life left.
-        self.embeds: Cache[TokenKey, Embed] = Cache(
-            "embed",
-            settings.caches.max_tokens,
-            lambda embed: Lifetime(embed.token.expires_at - self._min_seconds),
-            clock=clock,
-            shared=shared,
-            codec=EMBED_CODEC,
-        )
+        self.embed_tokens = EmbedTokens(settings, powerbi, clock, shared, background, self.budget)
 
     @classmethod
     def create(
@@ -219,13 +131,14 @@ class EmbedService:
         clock: Clock = SYSTEM_CLOCK,
         session: requests.Session | None = None,
         shared: SharedLevel | None = None,
+        background: Background | None = None,
     ) -> EmbedService:
-        """The service with its collaborators: one HTTP session and one MSAL application.
-
-        Without ``shared``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set.
+        """The service with its collaborators: one HTTP session, one MSAL application, a small pool for the
+        refreshes ahead. Without ``shared``, the shared cache of POWERBI_CACHE_URL (Redis) when it is set,
+        which then also keeps the new-token budget for the fleet.
         """
-        if shared is None:
-            shared = SharedCache.create(settings, clock)
+        redis = SharedCache.create(settings, clock) if shared is None else None
+        budget = Budget(settings.budget.per_minute, settings.budget.per_user_per_minute, clock, redis)
         http = HttpClient(session, clock)
         return cls(
             settings,
@@ -234,7 +147,9 @@ class EmbedService:
                 settings.powerbi.api_url, http, settings.policy.token_lifetime_minutes, settings.sign_in.profile_id
             ),
             clock,
-            shared,
+            shared or redis,
+            background or BackgroundPool(),
+            budget,
             CustomerAccess.create(settings, clock),
         )
 
@@ -249,19 +164,17 @@ class EmbedService:
         workspace_id: str | None = None,
         access_level: str | None = None,
         identity: Identity | None = None,
+        principal: str | None = None,
         customer: Customer | None = None,
     ) -> Embed:
-        """``customer``: whose request it is (required with a customer directory)."""
+        """The embed for a request; ``principal``: the signed-in user's id the platform vouches for (the
+        per-user budget), if any; ``customer``: whose request it is (required with a customer directory)."""
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         request = self._authorize(kind, raw_ids, workspace_id, access_level, identity, customer)
         with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
             bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS, request.profile_id)
             plan = self._plan(request, bearer)
-            embed, outcome = self.embeds.get_or_load(
-                plan.key,
-                lambda: self._mint(bearer, request.kind, plan.request),
-                context.deadline.remaining,
-            )
+            embed, outcome = self.embed_tokens.get(plan, bearer, principal, context.deadline.remaining)
             logger.info(
                 "embed %s %s customer=%s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
                 "request_ids=%s token_id=%s",
@@ -397,11 +310,6 @@ class EmbedService:
         return EffectiveIdentity(
             identity.username, identity.roles, identity.custom_data, tuple(d.id for d in needing), reports
         )
-
-    def _mint(self, bearer: Bearer, kind: Kind, request: TokenRequest) -> Embed:
-        powerbi = self.powerbi.for_profile(bearer.profile_id)
-        token = bearer.call(lambda access: powerbi.generate_token(access, request))
-        return Embed(kind, request.items, token, request.create_on)
 
 
 def _ordinal(n: int) -> str:

@@ -153,6 +153,7 @@ class EntraTokenProvider:
         # POWERBI_CLIENT_ASSERTION=managed_identity: the trusted identity's token, MSAL's client assertion.
         self.assertion: ManagedIdentityAssertion | None = None
         self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}  # the access token MSAL holds -> when it expires
         # Everything the process holds that could sign in, kept out of every log line.
         certificate = settings.sign_in.client_certificate
         for secret in (
@@ -259,11 +260,14 @@ class EntraTokenProvider:
         if "access_token" not in result:
             raise self._refusal(app, result)
         self._register_tokens(result)
-        return AccessToken(
-            result["access_token"],
-            self.clock.now() + int(result.get("expires_in", 0)),
-            from_cache=result.get("token_source") == "cache",
-        )
+        value, from_cache = result["access_token"], result.get("token_source") == "cache"
+        # The expiry is fixed when the token is issued, on this provider's clock, and kept for when MSAL
+        # serves it again from its cache (whose own arithmetic runs on the system clock).
+        expires_at = self._expiry.get(value) if from_cache else None
+        if expires_at is None:
+            expires_at = self.clock.now() + int(result.get("expires_in", 0))
+            self._expiry = {value: expires_at}  # one scope, one account: MSAL holds one access token
+        return AccessToken(value, expires_at, from_cache=from_cache)
 
     def _unavailable(self, cause: str) -> SignInUnavailable | None:
         """The answer when Entra's last answer says it is down or throttling (MSAL may be replaying it)."""

@@ -232,3 +232,12 @@ def sign_in_message(code: int | None) -> str:
         return "Entra ID refused the sign-in."
     hint = AADSTS_HINTS.get(code, "see Microsoft's AADSTS error reference for this code")
     return f"Entra ID refused the sign-in (AADSTS{code}): {hint}."
+
+
+def transient(error: BaseException) -> bool:
+    """A fault upstream that may pass by itself: Power BI throttling or unavailable (429, 5xx), Entra ID
+    unavailable, a timeout, an unreachable host. Not a refusal (401, 403), not a 404, not a setting: after
+    those, nothing kept from before may be served (access removed, item deleted)."""
+    if isinstance(error, Throttled | SignInUnavailable | UpstreamUnreachable | UpstreamTimeout):
+        return True
+    return isinstance(error, PowerBIRefused) and error.upstream is not None and error.upstream.status >= 500

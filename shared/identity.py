@@ -34,6 +34,7 @@ from shared.settings import Settings, parse_guid
 PRINCIPAL_NAME_HEADER = "x-ms-client-principal-name"
 PRINCIPAL_IDP_HEADER = "x-ms-client-principal-idp"
 PRINCIPAL_HEADER = "x-ms-client-principal"
+PRINCIPAL_ID_HEADER = "x-ms-client-principal-id"
 MAX_USERNAME = 256  # Power BI's limit for an effective username
 # Roles Static Web Apps gives every visitor (and every signed-in user): they say nothing about a dataset.
 SWA_BUILT_IN_ROLES = frozenset({"anonymous", "authenticated"})
@@ -100,6 +101,23 @@ def trusted_principal(headers: Mapping[str, str], settings: Settings) -> Princip
             cause = "principal refused: its tid is not in POWERBI_RLS_ALLOWED_TENANTS"
             raise Unauthenticated(_NOT_ACCEPTED, cause=cause)
     return principal
+
+
+def principal_id(headers: Mapping[str, str], platform_vouches: bool) -> str | None:
+    """The signed-in user's id (for the per-user budget), or None: no one signed in, or headers the
+    platform does not vouch for (App Service Authentication off), which a caller could have written."""
+    if not platform_vouches:
+        return None
+    lowered = {name.lower(): value for name, value in headers.items()}
+    if header := lowered.get(PRINCIPAL_ID_HEADER, "").strip():
+        return header
+    encoded = lowered.get(PRINCIPAL_HEADER, "").strip()
+    try:
+        decoded = _decode(encoded) if encoded else {}
+    except Unauthenticated:
+        return None
+    user = decoded.get("userId")  # Static Web Apps' format
+    return str(user) if isinstance(user, str) and user else None
 
 
 def check_username(username: str) -> None:

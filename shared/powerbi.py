@@ -177,6 +177,12 @@ class Bearer:
         self._token: AccessToken | None = None
         self._renewed = False
 
+    def fork(self, min_seconds: float | None = None) -> Bearer:
+        """A Bearer of its own, for work off the request (a background refresh), with the same or a longer
+        minimum life: a token too short for it is renewed when it is first used."""
+        # The same profile: work done for a customer is done as that customer's profile, never as another.
+        return Bearer(self._tokens, self._min_seconds if min_seconds is None else min_seconds, self.profile_id)
+
     def call(self, work: Callable[[str], T]) -> T:
         token = self._token = self._token or self._tokens.token(self._min_seconds)
         try:

@@ -126,6 +126,11 @@ SETTING_NAMES = (
     "POWERBI_CUSTOMERS_CONNECTION",
     "POWERBI_CUSTOMER_FROM",
     "POWERBI_CUSTOMERS_TTL_SECONDS",
+    # Refresh ahead, stale values, and the budget for new tokens
+    "POWERBI_REFRESH_AHEAD_MINUTES",
+    "POWERBI_CATALOG_STALE_SECONDS",
+    "POWERBI_MAX_NEW_TOKENS_PER_MINUTE",
+    "POWERBI_MAX_NEW_TOKENS_PER_USER_PER_MINUTE",
 )
 SECRET_SETTINGS = frozenset(
     {
@@ -288,6 +293,26 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class RefreshSettings:
+    """Refreshing ahead and serving what is still valid (issue 17): POWERBI_REFRESH_AHEAD_MINUTES,
+    POWERBI_CATALOG_STALE_SECONDS."""
+
+    ahead_minutes: int = 10  # re-mint a token in the background this long before it stops being handed out
+    catalog_stale_seconds: float = 86_400.0  # a catalog kept past its TTL for transient faults
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """New embed tokens a minute: POWERBI_MAX_NEW_TOKENS_PER_MINUTE, POWERBI_MAX_NEW_TOKENS_PER_USER_PER_MINUTE."""
+
+    per_minute: int = 300
+    per_user_per_minute: int = 20
+    # App Service Authentication runs (WEBSITE_AUTH_ENABLED=True): it sets the principal headers and drops
+    # any a caller sends, so the principal id may key the per-user budget.
+    platform_signs_in: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting, by concern; built only by ``from_env``, which reports every problem at once."""
 
@@ -299,6 +324,8 @@ class Settings:
     shared_cache: SharedCacheSettings | None = None
     # Many customers (shared.customers.config); None: POWERBI_CUSTOMERS_SOURCE=none, one global scope.
     customers: CustomersSettings | None = None
+    refresh: RefreshSettings = RefreshSettings()
+    budget: BudgetSettings = BudgetSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -316,6 +343,8 @@ class Settings:
             caches=read_caches(reader),
             shared_cache=read_shared_cache(reader),
             customers=customers,
+            refresh=read_refresh(reader),
+            budget=read_budget(reader),
         )
         reader.raise_problems()
         return settings
@@ -676,6 +705,25 @@ def _roles_from_principal(r: Reader, username_source: str) -> tuple[str, frozens
         if username_source != "principal":
             r.problem("POWERBI_RLS_ROLES_SOURCE=principal needs POWERBI_RLS_USERNAME_SOURCE=principal")
     return roles_source, allowed_roles
+
+
+# --- Refresh ahead and stale values; the new-token budget ---------------------------------------
+
+
+def read_refresh(r: Reader) -> RefreshSettings:
+    ahead = r.number("POWERBI_REFRESH_AHEAD_MINUTES", 10, 0, 30, int)
+    stale = r.number("POWERBI_CATALOG_STALE_SECONDS", 86_400, 0, 7 * 86_400, int)
+    return RefreshSettings(int(10 if ahead is None else ahead), float(86_400 if stale is None else stale))
+
+
+def read_budget(r: Reader) -> BudgetSettings:
+    per_minute = r.number("POWERBI_MAX_NEW_TOKENS_PER_MINUTE", 300, 1, 100_000, int)
+    per_user = r.number("POWERBI_MAX_NEW_TOKENS_PER_USER_PER_MINUTE", 20, 1, 100_000, int)
+    return BudgetSettings(
+        int(300 if per_minute is None else per_minute),
+        int(20 if per_user is None else per_user),
+        (r.text("WEBSITE_AUTH_ENABLED") or "").lower() == "true",
+    )
 
 
 # --- Caches -----------------------------------------------------------------------------------

@@ -49,6 +49,25 @@ class FakeClock:
         self.mono += seconds
 
 
+class ManualBackground:
+    """Background work (``shared.background.Background``) that runs when the test says, not on a thread."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Callable[[], None]] = []
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        self.jobs.append(job)
+        return True
+
+    def run(self) -> int:
+        """Run every queued job (and those they queue); how many ran."""
+        ran = 0
+        while self.jobs:
+            self.jobs.pop(0)()
+            ran += 1
+        return ran
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:
     with FakeUpstream() as fake:
@@ -94,8 +113,12 @@ def env(fake: FakeUpstream) -> dict[str, str]:
 def make_service(clock: FakeClock, fake: FakeUpstream) -> Callable[[dict[str, str]], EmbedService]:
     def make(settings_env: dict[str, str]) -> EmbedService:
         # emulator_session: MSAL's port-less user-realm URL reaches the fake's port.
+        # Background work (refreshes ahead) runs only when a test runs it: nothing races the test.
         return EmbedService.create(
-            Settings.from_env(settings_env), clock=clock, session=emulator_session(fake.base_url)
+            Settings.from_env(settings_env),
+            clock=clock,
+            session=emulator_session(fake.base_url),
+            background=ManualBackground(),
         )
 
     return make

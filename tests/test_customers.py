@@ -634,3 +634,26 @@ def test_claim_tid_finds_the_customer_by_the_principals_tenant(
 
     assert call(f"/api/embed/reports/{REPORT_ID}", headers).status_code == 200
     assert profiles_sent(fake) == [PROFILE_A] * 3
+
+
+def test_a_refresh_ahead_in_the_background_is_made_as_the_customers_profile(
+    customers: dict[str, str], fake: FakeUpstream, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emulator.entra import emulator_session
+    from tests.conftest import ManualBackground
+
+    monkeypatch.setattr(fake, "clock", clock.now)  # tokens live and expire in the test's time
+    background = ManualBackground()
+    settings = Settings.from_env(customers)
+    service = EmbedService.create(settings, clock=clock, session=emulator_session(fake.base_url), background=background)
+    contoso = service.customer_for(principal("contoso"))
+
+    first = service.embed("report", REPORT_ID, customer=contoso)
+    clock.advance(45 * 60)  # inside the refresh window: still handed out, and re-minted in the background
+    assert service.embed("report", REPORT_ID, customer=contoso) == first
+    background.run()
+
+    minted = fake.calls("POST", "GenerateToken")
+    assert len(minted) == 2  # the request's and the background's
+    assert [r.headers.get("x-powerbi-profile-id") for r in minted] == [PROFILE_A, PROFILE_A]
+    assert set(profiles_sent(fake)) == {PROFILE_A}

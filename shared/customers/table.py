@@ -7,9 +7,9 @@ reads of one customer share one call, and at most ``max_customers`` entries are 
 used dropped first), so principals naming random customers cannot fill memory.
 
 A table that cannot be read (unreachable, refused, missing) is ``503 unavailable`` with Retry-After,
-never a 500; an entry read before keeps serving meanwhile (kept ``KEEP_SECONDS`` past its freshness),
-and for ``RETRY_AFTER_SECONDS`` after a failure the table is left alone (customers it has no entry for
-are answered 503 at once).
+never a 500; an entry read before keeps serving meanwhile (the cache keeps it ``KEEP_SECONDS`` past its
+freshness and serves it for this transient failure), and for ``RETRY_AFTER_SECONDS`` after a failure
+the table is left alone (customers it holds no entry for are answered 503 at once).
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ class TableDirectory:
         self._entries: Cache[CustomerKey, _Entry] = Cache(
             "customer",
             max_customers,
-            lambda entry: Lifetime(entry.read_at + ttl_seconds, entry.read_at + ttl_seconds + KEEP_SECONDS),
+            lambda entry: Lifetime(entry.read_at + ttl_seconds, None, entry.read_at + ttl_seconds + KEEP_SECONDS),
             clock=clock,
+            transient=lambda error: isinstance(error, DirectoryUnavailable),  # an entry read before serves on
         )
         self._down_until = 0.0  # monotonic time before which the table is not asked again after a failure
 
@@ -96,36 +97,33 @@ class TableDirectory:
         from azure.core.exceptions import AzureError, ResourceNotFoundError  # only with the table source
 
         if self._clock.monotonic() < self._down_until:
-            return self._kept(key, "the table failed moments ago")
+            raise self._unavailable(key, "the table failed moments ago")
         try:
             entity = self._table.get_entity(PARTITION_KEY, key.id)
         except ResourceNotFoundError as error:
             code = getattr(error, "error_code", None)
             if str(getattr(code, "value", code)) != "TableNotFound":  # an enum member, or a string
                 return _Entry(self._clock.now(), None)
-            return self._failed(key, "the table does not exist")
+            raise self._failed(key, "the table does not exist") from None
         except AzureError as error:
-            return self._failed(key, type(error).__name__)
+            raise self._failed(key, type(error).__name__) from None
         logger.debug("customer directory: read customer %s", key.id)
         try:
             return _Entry(self._clock.now(), Customer.from_entity(entity))
         except ValueError as error:
             return _Entry(self._clock.now(), None, str(error))
 
-    def _failed(self, key: CustomerKey, what: str) -> _Entry:
+    def _failed(self, key: CustomerKey, what: str) -> DirectoryUnavailable:
         self._down_until = self._clock.monotonic() + RETRY_AFTER_SECONDS
         logger.warning(
             "customer directory: the table cannot be read (%s); asking it again in %d s", what, RETRY_AFTER_SECONDS
         )
-        return self._kept(key, what)
+        return self._unavailable(key, what)
 
-    def _kept(self, key: CustomerKey, what: str) -> _Entry:
-        """The entry read before, if any (it serves on, as read), else 503."""
-        entry = self._entries.kept(key)
-        if entry is not None:
-            return entry
-        raise DirectoryUnavailable(
+    def _unavailable(self, key: CustomerKey, what: str) -> DirectoryUnavailable:
+        """503, unless the cache holds an entry read before for this customer: it serves that instead."""
+        return DirectoryUnavailable(
             _UNAVAILABLE,
             retry_after=RETRY_AFTER_SECONDS,
-            cause=f"customer directory table cannot be read ({what}) and holds no entry for customer {key.id}",
+            cause=f"customer directory table cannot be read ({what}) for customer {key.id}",
         )
