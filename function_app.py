@@ -67,11 +67,13 @@ def details() -> bool:
 def _embed(req: func.HttpRequest, context: func.Context, kind: Kind, ids: str | list[str]) -> func.HttpResponse:
     def produce() -> dict[str, Any]:
         svc = service()
-        # The row-level-security identity comes only from App Service Authentication's headers.
+        # The customer and the row-level-security identity come only from App Service Authentication's headers.
+        customer = svc.customer_for(req.headers)
         identity = identity_for(req.headers, svc.settings)
         principal = principal_id(req.headers, svc.settings.budget.platform_signs_in)  # the per-user budget
         params = req.params
-        return svc.embed(kind, ids, params.get("workspaceId"), params.get("accessLevel"), identity, principal).to_json()
+        workspace, access = params.get("workspaceId"), params.get("accessLevel")
+        return svc.embed(kind, ids, workspace, access, identity, principal, customer).to_json()
 
     return respond(produce, context.invocation_id, details)
 

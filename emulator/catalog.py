@@ -163,10 +163,13 @@ def items(ws: dict[str, Any], kind: str, catalog: dict[str, Any] | None = None) 
     ``catalog`` declares them: a report may use a dataset of another workspace)."""
     found: list[dict[str, Any]] = list(ws.get(kind, []))
     if kind == "datasets":
-        others = (catalog or {}).get("workspaces", [])
-        declared = {d["id"].lower() for w in [ws, *others] for d in w.get("datasets", [])}
+        own = {d["id"].lower() for d in found}
         implied = {r["datasetId"].lower(): r["datasetId"] for r in ws.get("reports", []) if "datasetId" in r}
-        found += [{"id": i, "name": i} for key, i in implied.items() if key not in declared]
+        implied = {key: i for key, i in implied.items() if key not in own}
+        if implied:  # only then look through the other workspaces (a catalogue may hold a thousand)
+            others = (catalog or {}).get("workspaces", [])
+            declared = {d["id"].lower() for w in others for d in w.get("datasets", [])}
+            found += [{"id": i, "name": i} for key, i in implied.items() if key not in declared]
     return found
 
 
