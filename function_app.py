@@ -71,11 +71,13 @@ def _embed(
 ) -> func.HttpResponse:
     def produce() -> dict[str, Any]:
         svc = service()
-        # The row-level-security identity comes only from App Service Authentication's headers.
+        # The customer and the row-level-security identity come only from App Service Authentication's headers.
+        customer = svc.customer_for(req.headers)
         identity = identity_for(req.headers, svc.settings)
         principal = principal_id(req.headers, svc.settings.budget.platform_signs_in)  # the per-user budget
         params = req.params
-        return svc.embed(kind, ids, params.get("workspaceId"), params.get("accessLevel"), identity, principal).to_json()
+        workspace, access = params.get("workspaceId"), params.get("accessLevel")
+        return svc.embed(kind, ids, workspace, access, identity, principal, customer).to_json()
 
     trace = getattr(context, "trace_context", None)
     parent = getattr(trace, "trace_parent", None) or None

@@ -21,6 +21,12 @@
   (Entra tokens of 60 to 90 minutes), with refresh ahead and without; 30 minutes of Power BI answering 503
   after an hour; 63 subsets of 6 reports in one minute with a budget of 10 new tokens a minute.
 
+Many customers (issue 16), also alone with ``python benchmarks/bench.py --customers`` (about a minute):
+1,000 customers in an Azure Storage table (a real Azurite), each with its own profile and workspace holding
+one report, 10 signed-in users each asking for it through the route (no RLS): GenerateToken calls, table
+reads, Power BI list reads, and peak process memory (max RSS, a fresh process per run) with
+POWERBI_CACHE_MAX_TOKENS=1000 for 1,000 customers against 100.
+
 The 100,000-user figure runs ``EmbedService.embed`` in process (policy, catalog, canonical key, the bounded
 cache) with the catalog read from the emulator but GenerateToken answered in process (``InProcessMint``):
 100,000 GenerateToken calls over loopback TLS would measure the emulator, not the cache.
@@ -28,9 +34,12 @@ cache) with the catalog read from the emulator but GenerateToken answered in pro
 
 from __future__ import annotations
 
+import base64
 import gc
 import itertools
+import json
 import logging
+import multiprocessing
 import os
 import random
 import resource
@@ -43,8 +52,12 @@ import threading
 import time
 import tracemalloc
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -221,6 +234,7 @@ def main() -> None:
         catalog_figures(fake)
         fake.reset()
         issue17_figures(fake)
+    customers_figures()
 
 
 def publish(fake: FakeUpstream, count: int) -> list[str]:
@@ -457,6 +471,161 @@ def hits_run(count: int = 3000) -> None:
         print(statistics.median(hits) * 1e6)
 
 
+CUSTOMER_USERS = 10  # signed-in users per customer
+WORKER_THREADS = int(os.environ.get("BENCH_THREADS", "6"))
+
+
+def customers_figures() -> None:
+    """1,000 customers against 100, each run in a fresh process (``--customers-run N``)."""
+    runs = {}
+    for count in (100, 1_000):
+        out = subprocess.check_output(  # noqa: S603 - our own interpreter and script
+            [sys.executable, __file__, "--customers-run", str(count)], cwd=ROOT, text=True
+        )
+        runs[count] = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    big, small = runs[1_000], runs[100]
+    print(
+        f"1,000 customers (table source, Azurite), {CUSTOMER_USERS} signed-in users each, one report each, "
+        f"{int(big['requests']):,} requests: {big['generate']} GenerateToken, {big['reads']} table reads, "
+        f"{big['lists']} Power BI list reads ({big['failed']} requests failed; {float(big['seconds']):.0f} s)"
+    )
+    rss_big, rss_small = int(big["rss"]), int(small["rss"])
+    print(
+        f"peak process memory (max RSS, a fresh process per run), POWERBI_CACHE_MAX_TOKENS=1000: "
+        f"100 customers {rss_small / 1024:.1f} MiB, 1,000 customers {rss_big / 1024:.1f} MiB "
+        f"({rss_big / rss_small - 1:+.1%})"
+    )
+    if "traced_kib" in big:  # BENCH_TRACE=1
+        print(
+            f"kept by the function (tracemalloc, now/peak KiB): 100 customers {small['traced_kib']}, "
+            f"1,000 customers {big['traced_kib']}"
+        )
+
+
+def customers_run(count: int) -> None:
+    """The child of customers_figures: ``count`` customers served, then its counts and max RSS (KiB).
+
+    The emulator runs in a process of its own, so this process's memory is the function's (and the bench's)."""
+    from azure.data.tables import TableClient
+
+    from shared.customers.directory import Customer, table_client
+    from shared.customers.table import TableDirectory
+    from tests.azurite import AzuriteTables, CountingTable
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = Path(tmp) / "ca.pem"
+        ours, theirs = multiprocessing.get_context("fork").Pipe()
+        emulator = multiprocessing.get_context("fork").Process(target=_emulator, args=(count, ca, theirs))
+        emulator.start()
+        base_url = ours.recv()
+        os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(ca)
+        azurite = AzuriteTables(Path(tmp)).start()
+        try:
+            table = TableClient.from_connection_string(azurite.connection_string, "customers")
+            table.create_table()
+            for start in range(0, count, 100):  # one batch holds at most 100 entities of one partition
+                batch = [_customer(n) for n in range(start, min(start + 100, count))]
+                table.submit_transaction([("upsert", Customer.from_json(c.directory).to_entity()) for c in batch])
+            env = {
+                "POWERBI_TENANT_ID": TENANT_ID,
+                "POWERBI_AUTH_MODE": "ServicePrincipal",
+                "POWERBI_CLIENT_ID": CLIENT_ID,
+                "POWERBI_CLIENT_SECRET": CLIENT_SECRET,
+                "POWERBI_AUTHORITY_HOST": base_url,
+                "POWERBI_API_URL": base_url,
+                "POWERBI_CACHE_MAX_TOKENS": "1000",
+                "POWERBI_MAX_NEW_TOKENS_PER_MINUTE": "100000",  # 1,000 first tokens in seconds: not a budget figure
+                "WEBSITE_AUTH_ENABLED": "True",
+                "POWERBI_CUSTOMERS_SOURCE": "table",
+                "POWERBI_CUSTOMER_FROM": "claim:extension_CustomerId",
+                "POWERBI_CUSTOMERS_CONNECTION": "CustomersStorage",
+                "CustomersStorage": azurite.connection_string,
+            }
+            service = EmbedService.create(Settings.from_env(env))
+            assert service.customers is not None and service.settings.customers is not None
+            reads = CountingTable(table_client(service.settings.customers))
+            service.customers.directory = TableDirectory(reads, 300)
+            function_app.use_service(service)
+            routes = FunctionRoutes(function_app.app)
+            started = time.perf_counter()
+            if os.environ.get("BENCH_TRACE"):
+                tracemalloc.start()
+
+            def request(user: int, n: int) -> bool:
+                customer = f"customer{n}"  # made per request: the bench holds nothing per customer
+                headers = _signed_in(f"user{user}@{customer}.example", customer)
+                report = _ids(n)[1]
+                return routes.dispatch("GET", f"/api/embed/reports/{report}", None, headers).status_code == 200
+
+            # As the Functions worker runs them: on a pool of 6 threads (2 cores); user by user, customer by customer.
+            # One round of requests at a time, so that the bench's own futures do not weigh in the memory figure.
+            failed = 0
+            with ThreadPoolExecutor(WORKER_THREADS) as pool:
+                for user in range(CUSTOMER_USERS):
+                    failed += sum(not ok for ok in pool.map(lambda n, u=user: request(u, n), range(count)))
+            seconds = time.perf_counter() - started
+            if tracemalloc.is_tracing():  # BENCH_TRACE=1: what the function keeps, without the allocator's slack
+                gc.collect()
+                print("traced_kib={}/{}".format(*(v // 1024 for v in tracemalloc.get_traced_memory())))
+        finally:
+            azurite.stop()
+            ours.send("counts")
+            counts = ours.recv()
+            emulator.join()
+    print(f"requests={CUSTOMER_USERS * count} generate={counts['generate']} lists={counts['lists']}")
+    print(f"reads={len(reads.reads)} failed={failed} seconds={seconds:.1f}")
+    print(f"rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+
+
+@dataclass(frozen=True)
+class BenchCustomer:
+    id: str
+    report: str
+    directory: dict[str, Any]  # its POWERBI_CUSTOMERS object
+    workspace: dict[str, Any]  # its workspace in the emulator's catalogue
+
+
+def _ids(n: int) -> tuple[str, str, str, str]:
+    """Customer ``n``'s workspace, report, dataset and profile ids."""
+    workspace, report, dataset, profile = (f"{p}0000000-0000-4000-8000-{n:012d}" for p in "abcd")
+    return workspace, report, dataset, profile
+
+
+def _customer(n: int) -> BenchCustomer:
+    """Customer ``n``: a profile and a workspace of its own holding one report (no RLS)."""
+    workspace, report, dataset, profile = _ids(n)
+    catalog = {
+        "id": workspace,
+        "name": f"Customer {n}",
+        "datasets": [{"id": dataset, "name": "Sales"}],
+        "reports": [{"id": report, "name": "Sales", "datasetId": dataset}],
+    }
+    directory = {"id": f"customer{n}", "profileId": profile, "workspaces": [workspace]}
+    return BenchCustomer(f"customer{n}", report, directory, catalog)
+
+
+def _emulator(count: int, ca: Path, pipe: Connection) -> None:
+    """The emulator's process: its catalogue holds the customers' workspaces; it answers the counts when asked."""
+    with FakeUpstream() as fake:
+        fake.catalog["workspaces"] += [_customer(n).workspace for n in range(count)]
+        fake.write_ca_pem(ca)
+        pipe.send(fake.base_url)
+        pipe.recv()
+        lists = len([r for r in fake.calls("GET") if r.path.startswith("/v1.0/")])
+        pipe.send({"generate": len(fake.calls("POST", "GenerateToken")), "lists": lists})
+
+
+def _signed_in(name: str, customer: str) -> dict[str, str]:
+    """App Service Authentication's principal headers for a user of ``customer``."""
+    claims = [{"typ": "preferred_username", "val": name}, {"typ": "extension_CustomerId", "val": customer}]
+    principal = json.dumps({"auth_typ": "aad", "claims": claims})
+    return {
+        "X-MS-CLIENT-PRINCIPAL": base64.b64encode(principal.encode()).decode(),
+        "X-MS-CLIENT-PRINCIPAL-NAME": name,
+        "X-MS-CLIENT-PRINCIPAL-IDP": "aad",
+    }
+
+
 # -- issue 17: nobody waits, nothing amplifies --------------------------------------------------------------
 
 RLS_PRINCIPAL = {
@@ -605,6 +774,10 @@ if __name__ == "__main__":
         hits_run()
     elif sys.argv[1:2] == ["--users"]:
         rss_run(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["--customers-run"]:
+        customers_run(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["--customers"]:
+        customers_figures()
     elif sys.argv[1:2] == ["--issue17"]:
         with FakeUpstream() as fake, tempfile.TemporaryDirectory() as tmp:
             ca = str(fake.write_ca_pem(Path(tmp) / "ca.pem"))

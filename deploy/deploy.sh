@@ -29,6 +29,7 @@ readonly EMULATOR_PORT=8443
 DRY_RUN=false
 DOCTOR=false
 REDIS=false
+CUSTOMERS=false
 FEDERATED=false
 # Entra ID's sign-in host and the token-exchange audience of each Power BI cloud (POWERBI_CLOUD),
 # as Microsoft documents them for federated identity credentials: set by federated_cloud.
@@ -36,6 +37,8 @@ FEDERATED_HOST=login.microsoftonline.com
 FEDERATED_AUDIENCE=api://AzureADTokenExchange
 # What --federated sets instead of a client secret (create_federated_identity).
 FEDERATED_SETTINGS=()
+# What --customers sets beside its POWERBI_* settings: the table connection (create_customers_table).
+CUSTOMERS_SETTINGS=()
 FEDERATED_PRINCIPAL=''
 TELEMETRY=false
 # Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
@@ -45,7 +48,7 @@ readonly THREAD_COUNT=32
 
 usage() {
   cat <<'EOF'
-Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--federated] [--telemetry]
+Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--customers] [--federated] [--telemetry]
                         [--python 3.11|3.12|3.13|3.14]
                         [--resource-group NAME] [--location REGION] [--app-name NAME]
                         [--cors-origins LIST] [--key-vault-name NAME] [--storage-account NAME]
@@ -105,6 +108,16 @@ Options:
               encryption key in Key Vault, and POWERBI_CACHE_URL and
               POWERBI_CACHE_ENCRYPTION_KEY as Key Vault references. Without it, no Redis
               setting or resource is touched.
+  --customers many customers, with the directory in a table: creates the table
+              POWERBI_CUSTOMERS_TABLE (default customers) in the function app's storage
+              account, gives the app's identity 'Storage Table Data Reader' on it (and you
+              'Storage Table Data Contributor', for python -m shared.customers), and sets
+              POWERBI_CUSTOMERS_SOURCE=table, POWERBI_CUSTOMERS_TABLE,
+              POWERBI_CUSTOMERS_CONNECTION=CustomersStorage and
+              CustomersStorage__tableServiceUri (reached with the app's identity: no key).
+              Needs POWERBI_CUSTOMER_FROM; POWERBI_WORKSPACE_ID, POWERBI_ALLOWED_WORKSPACES,
+              POWERBI_ALLOWED_REPORTS, POWERBI_ALLOWED_DASHBOARDS and POWERBI_PROFILE_ID must
+              be unset (each customer brings its own) and are removed from the app.
   --telemetry also OpenTelemetry to Application Insights: a Log Analytics workspace
               (LOG_WORKSPACE_NAME, default <APP_NAME>-logs) and a workspace-based Application
               Insights (APP_INSIGHTS_NAME, default <APP_NAME>-insights; an existing one of that
@@ -203,6 +216,7 @@ parse_args() {
     --dry-run) DRY_RUN=true ;;
     --doctor) DOCTOR=true ;;
     --redis) REDIS=true ;;
+    --customers) CUSTOMERS=true ;;
     --telemetry) TELEMETRY=true ;;
     --federated) FEDERATED=true ;;
     --python)
@@ -236,7 +250,7 @@ check_inputs() {
   for name in RESOURCE_GROUP LOCATION APP_NAME CORS_ORIGINS "${required[@]}"; do
     [[ -n ${!name:-} ]] || missing+=("$name")
   done
-  [[ -n ${POWERBI_WORKSPACE_ID:-}${POWERBI_ALLOWED_WORKSPACES:-} ]] || missing+=("POWERBI_WORKSPACE_ID")
+  $CUSTOMERS || [[ -n ${POWERBI_WORKSPACE_ID:-}${POWERBI_ALLOWED_WORKSPACES:-} ]] || missing+=("POWERBI_WORKSPACE_ID")
   ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (see --help)"
   [[ " ${PYTHON_VERSIONS[*]} " == *" $RUNTIME_VERSION "* ]] ||
     die "--python must be one of ${PYTHON_VERSIONS[*]} (Flex Consumption's), not '$RUNTIME_VERSION'"
@@ -496,7 +510,7 @@ configure_app() {
     fi
     settings+=("$name=${!name}")
   done
-  settings+=("${FEDERATED_SETTINGS[@]}" "PYTHON_THREADPOOL_THREAD_COUNT=$THREAD_COUNT")
+  settings+=("${FEDERATED_SETTINGS[@]}" "${CUSTOMERS_SETTINGS[@]}" "PYTHON_THREADPOOL_THREAD_COUNT=$THREAD_COUNT")
   # --output none: the command would otherwise print every setting, storage keys included.
   az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" \
     --settings "${settings[@]}" "${SECRET_REFERENCES[@]}" --output none
@@ -653,6 +667,60 @@ add_reference() {
   SECRET_REFERENCES+=("$1=@Microsoft.KeyVault(SecretUri=https://$KEY_VAULT_NAME.vault.azure.net/secrets/$(secret_name "$1")/)")
 }
 
+# --- --customers: the customer directory in a table of the app's storage account ---------------
+# The app reads it with its own identity (Storage Table Data Reader on that table only); the
+# connection is identity-based (<name>__tableServiceUri), so no account key is in any setting.
+readonly CUSTOMERS_CONNECTION=CustomersStorage
+readonly CUSTOMERS_GLOBAL_SCOPE=(POWERBI_WORKSPACE_ID POWERBI_ALLOWED_WORKSPACES POWERBI_ALLOWED_REPORTS
+  POWERBI_ALLOWED_DASHBOARDS POWERBI_PROFILE_ID)
+
+check_customers_inputs() {
+  local name set=()
+  POWERBI_CUSTOMERS_TABLE=${POWERBI_CUSTOMERS_TABLE:-customers}
+  [[ $POWERBI_CUSTOMERS_TABLE =~ ^[A-Za-z][A-Za-z0-9]{2,62}$ ]] ||
+    die "POWERBI_CUSTOMERS_TABLE must be a table name: a letter, then 2 to 62 letters or digits"
+  [[ ${POWERBI_CUSTOMER_FROM:-} =~ ^(claim|role):.+ ]] ||
+    die "--customers needs POWERBI_CUSTOMER_FROM: claim:<claim type> or role:<prefix> (see --help)"
+  for name in "${CUSTOMERS_GLOBAL_SCOPE[@]}"; do
+    [[ -z ${!name:-} ]] || set+=("$name")
+  done
+  ((${#set[@]} == 0)) || die "with --customers each customer brings its own workspaces and profile: unset ${set[*]}"
+  # shellcheck disable=SC2034 # configure_app sends every POWERBI_* variable set here
+  POWERBI_CUSTOMERS_SOURCE=table POWERBI_CUSTOMERS_CONNECTION=$CUSTOMERS_CONNECTION
+}
+
+create_customers_table() {
+  local table=$POWERBI_CUSTOMERS_TABLE account_id table_id endpoint
+  account_id=$(az_get '<storage-account-id>' storage account show --name "$STORAGE_ACCOUNT" \
+    --resource-group "$RESOURCE_GROUP" --query id --output tsv)
+  table_id="$account_id/tableServices/default/tables/$table"
+  # Created through Azure Resource Manager: needs no data-plane role, unlike `az storage table create`.
+  ensure "table $table in $STORAGE_ACCOUNT" resource show --ids "$table_id" -- \
+    resource create --id "$table_id" --api-version 2023-05-01 --properties '{}'
+  grant_on "$table_id" "Storage Table Data Reader" "$APP_IDENTITY" ServicePrincipal "the function app"
+  grant_on "$table_id" "Storage Table Data Contributor" "$DEPLOYER_ID" "$DEPLOYER_TYPE" "the deployer (you)"
+  endpoint=$(az_get "https://$STORAGE_ACCOUNT.table.core.windows.net/" storage account show --name "$STORAGE_ACCOUNT" \
+    --resource-group "$RESOURCE_GROUP" --query primaryEndpoints.table --output tsv)
+  # configure_app sends it with the POWERBI_CUSTOMERS_* settings; the global scope, which this run
+  # refuses to set, it removes from Azure as stale (remove_stale_settings).
+  CUSTOMERS_SETTINGS=("${CUSTOMERS_CONNECTION}__tableServiceUri=${endpoint%/}")
+  say "customers: table $table, read with the app's identity (${CUSTOMERS_CONNECTION}__tableServiceUri); onboard with python -m shared.customers add"
+}
+
+# `grant_on SCOPE ROLE OBJECT-ID PRINCIPAL-TYPE WHO`, unless already granted there or above.
+grant_on() {
+  local scope=$1 role=$2 principal=$3 kind=$4 who=$5 found
+  found=$(az_get '' role assignment list --assignee "$principal" --role "$role" --scope "$scope" \
+    --include-inherited --query '[].id' --output tsv)
+  if [[ -n $found ]]; then
+    say "$who has '$role' on the table: yes"
+    return
+  fi
+  with_retries az_do role assignment create --assignee-object-id "$principal" --assignee-principal-type "$kind" \
+    --role "$role" --scope "$scope" --output none || die "could not grant '$role' to $who"
+  say "$who has '$role' on the table: granted"
+}
+
 # --- --federated: no secret to rotate ---------------------------------------------------------
 # The app registration trusts a user-assigned identity of its own tenant (Microsoft: "Configure an
 # application to trust a managed identity"): the function gets that identity's token for the
@@ -709,6 +777,7 @@ create_federated_identity() {
 main() {
   parse_args "$@"
   check_inputs
+  if $CUSTOMERS; then check_customers_inputs; fi
   derive_names
   parse_origins
   read_setting_names
@@ -729,6 +798,7 @@ main() {
     say "no secret in $AUTH_MODE mode: no key vault needed"
   fi
   if $REDIS; then create_redis; fi
+  if $CUSTOMERS; then create_customers_table; fi
   configure_app
   if $TELEMETRY; then create_telemetry; fi
   configure_cors

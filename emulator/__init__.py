@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from emulator.catalog import (
+    CAPACITY_ID,
     CLIENT_ID,
     CLIENT_SECRET,
     DASHBOARD_ID,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 _LAZY = {"FakeUpstream", "Recorded"}
 __all__ = [
+    "CAPACITY_ID",
     "CLIENT_ID",
     "CLIENT_SECRET",
     "DASHBOARD_ID",

@@ -58,6 +58,7 @@ RLS_DASHBOARD_ID = "7e3a5c9b-2d4f-4a6b-8c1d-e3f5a7b9c1d3"  # tiles on an RLS and
 RLS_TILE_ID = "a3c5e7f9-1b2d-4f4a-9c6e-8a1b3c5d7e9f"  # on RLS_REPORT_ID / RLS_DATASET_ID
 PLAIN_TILE_ID = "b4d6f8a1-2c3e-4a5b-8d7f-9b2c4d6e8f1a"  # on REPORT_ID / DATASET_ID
 OTHER_WORKSPACE_ID = "3d9b93c6-7b6d-4801-a491-1738910904fd"  # "Finance", dedicated capacity
+CAPACITY_ID = "0f084df7-c13d-451b-af5f-ed0c466403b2"  # Finance's capacity; AssignToCapacity knows it
 OTHER_REPORT_ID = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"  # on OTHER_DATASET_ID
 OTHER_DATASET_ID = "d4c3b2a1-6f5e-4b7a-9d8c-5c4b3a2f1e0d"
 UNSHARED_WORKSPACE_ID = "e380d1d0-1fa6-460b-9a90-1a5c6b02414c"  # "Human Resources": no default identity is a member
@@ -163,10 +164,13 @@ def items(ws: dict[str, Any], kind: str, catalog: dict[str, Any] | None = None) 
     ``catalog`` declares them: a report may use a dataset of another workspace)."""
     found: list[dict[str, Any]] = list(ws.get(kind, []))
     if kind == "datasets":
-        others = (catalog or {}).get("workspaces", [])
-        declared = {d["id"].lower() for w in [ws, *others] for d in w.get("datasets", [])}
+        own = {d["id"].lower() for d in found}
         implied = {r["datasetId"].lower(): r["datasetId"] for r in ws.get("reports", []) if "datasetId" in r}
-        found += [{"id": i, "name": i} for key, i in implied.items() if key not in declared]
+        implied = {key: i for key, i in implied.items() if key not in own}
+        if implied:  # only then look through the other workspaces (a catalogue may hold a thousand)
+            others = (catalog or {}).get("workspaces", [])
+            declared = {d["id"].lower() for w in others for d in w.get("datasets", [])}
+            found += [{"id": i, "name": i} for key, i in implied.items() if key not in declared]
     return found
 
 

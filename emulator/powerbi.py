@@ -28,6 +28,7 @@ Power BI's rules, enforced (each answer as the service gives it, see the constan
 from __future__ import annotations
 
 import copy
+import dataclasses
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 # Power BI's own words where Microsoft publishes or the service is known to send them.
 NOT_AUTHORIZED = "PowerBINotAuthorizedException"
+PROFILE_HEADER = "X-PowerBI-Profile-Id"  # a service principal acting as one of its profiles
 TENANT_SWITCH_INFO = "ServicePrincipalIsNotAllowedByTenantAdminSwitch"  # in X-PowerBI-Error-Info
 TRIAL_QUOTA_CODE = "TokenQuotaExceeded"  # the code is not published; the status (403) and the cause are
 TRIAL_QUOTA_MESSAGE = (
@@ -112,6 +114,22 @@ class IssuedEmbedToken:
 
 
 def _caller(fake: FakeUpstream, request: Request) -> IssuedAccessToken | Response:
+    """The caller (see ``signed_in``), as the profile its ``X-PowerBI-Profile-Id`` names when it names one: every
+    membership check then applies to the profile, not to the app."""
+    issued = signed_in(fake, request)
+    profile_id = request.headers.get(PROFILE_HEADER)
+    if isinstance(issued, Response) or profile_id is None:
+        return issued
+    profile = fake.profiles.get(profile_id.strip().lower())
+    if profile is None and not fake.strict_profiles and issued.principal_type == "App":
+        return issued  # a profile made outside the emulator: it acts with the app's memberships
+    # Profiles belong to service principals: a user, another app's profile or an unknown one is not authorized.
+    if issued.principal_type != "App" or profile is None or not same(profile["owner"], issued.principal):
+        return pbi_error(401, NOT_AUTHORIZED)
+    return dataclasses.replace(issued, principal=profile["id"])
+
+
+def signed_in(fake: FakeUpstream, request: Request) -> IssuedAccessToken | Response:
     """The caller's Entra token, or the 401 Power BI answers without a valid one for its resource, or to an app
     while the tenant setting forbids service principals."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -236,10 +254,22 @@ def _listing(context: str, values: list[dict[str, Any]]) -> Response:
     return json_response(200, {"@odata.context": f"{_API}/{context}", "value": values})
 
 
+def _filter(expression: str) -> tuple[str, str] | None:
+    """The OData filters the emulator understands, ``name eq '...'`` and ``id eq '...'``, as (property, value)."""
+    prop, _, value = expression.strip().partition(" eq ")
+    if prop.strip() not in ("name", "id") or len(value) < 2 or not (value[0] == value[-1] == "'"):
+        return None
+    return prop.strip(), value[1:-1].replace("''", "'")
+
+
 def groups(fake: FakeUpstream, request: Request, body: Any) -> Response:
     if isinstance(bearer := _caller(fake, request), Response):
         return bearer
     mine = [ws for ws in fake.catalog.get("workspaces", []) if bearer.principal.lower() in cat.members(ws)]
+    if (expression := request.args.get("$filter")) is not None:
+        if (wanted := _filter(expression)) is None:
+            return _invalid("The emulator understands only $filter=name eq '...' or id eq '...'")
+        mine = [ws for ws in mine if same(str(ws[wanted[0]]), wanted[1])]
     values = [
         {
             "id": ws["id"],
@@ -317,6 +347,11 @@ def tiles(fake: FakeUpstream, request: Request, body: Any, group: str, item: str
     return json_response(200, values[0]) if values else pbi_error(404, "PowerBIEntityNotFound")
 
 
+def _profile(fake: FakeUpstream, principal: str) -> dict[str, str]:
+    profile = fake.profiles[principal.lower()]
+    return {"id": profile["id"], "displayName": profile["displayName"]}
+
+
 def group_users(fake: FakeUpstream, request: Request, body: Any, group: str) -> Response:
     if isinstance(caller := _in_group(fake, request, group), Response):
         return caller
@@ -324,6 +359,7 @@ def group_users(fake: FakeUpstream, request: Request, body: Any, group: str) -> 
     values = [
         {"identifier": principal, "principalType": "User" if "@" in principal else "App", "groupUserAccessRight": role}
         | ({"emailAddress": principal, "displayName": principal.partition("@")[0]} if "@" in principal else {})
+        | ({"profile": _profile(fake, principal)} if principal.lower() in fake.profiles else {})
         for principal, role in ws.get("members", cat.DEFAULT_MEMBERS).items()
     ]
     return _listing(f"groups/{ws['id']}/$metadata#users", _page(request, values))

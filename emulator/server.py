@@ -5,7 +5,8 @@ formats, so tests drive it with the *real* ``msal`` and ``requests`` instead of 
 server plays App Service's managed identity endpoint.  What each side fakes: :mod:`emulator.entra` (discovery,
 user realm, the token endpoint with secrets and certificates, AADSTS errors, managed identity) and
 :mod:`emulator.powerbi` (groups, reports, dashboards, tiles, datasets, users, every GenerateToken, and the
-service's rules).  The catalogue is :mod:`emulator.catalog` (``catalog.json``).
+service's rules) and :mod:`emulator.provisioning` (service principal profiles, Create and Delete Group,
+AssignToCapacity, imports).  The catalogue is :mod:`emulator.catalog` (``catalog.json``).
 
 In tests::
 
@@ -24,7 +25,8 @@ AADSTS codes), ``sign_in_failures`` (user or client id -> AADSTS code, lasting),
 ``token_lifetimes``, ``known_tenants`` (others get AADSTS90002), ``service_principals_allowed``,
 ``trial_tokens_left``, ``set_member()``, ``reject_token()`` (revoked, or expired early). Simulated time:
 ``clock`` (what "now" is for tokens issued and checked) and ``wait_with`` (how latency is spent: a fake clock's
-``sleep`` moves that clock instead of waiting).
+``sleep`` moves that clock instead of waiting). Multitenancy: ``profiles``, ``add_profile()``,
+``strict_profiles``, ``capacities``, ``imports``, ``import_publishing_polls``, ``import_outcome``.
 ``reset()`` clears records and scripted trouble and restores the
 catalogue and tenant settings.
 
@@ -41,7 +43,8 @@ file]}, ``access_token_lifetime``, ``token_lifetimes`` {user or client id: secon
 ``allow_public_client_flows``, ``latency``, ``path_latency`` {path part: seconds}, ``service_principals_allowed``,
 ``trial_tokens_left``, ``system_assigned_identity``, ``user_assigned_identities``, ``identity_header``,
 ``identity_principals`` {identity client id: object id}, ``federated_credentials`` {app client id: [{``issuer``,
-``subject``, ``audiences``, ``name``}]} (see :mod:`emulator.federated`).
+``subject``, ``audiences``, ``name``}]} (see :mod:`emulator.federated`),
+``strict_profiles``.
 """
 
 from __future__ import annotations
@@ -70,8 +73,9 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from emulator import catalog as cat
-from emulator import entra, powerbi
+from emulator import entra, powerbi, provisioning
 from emulator.catalog import (
+    CAPACITY_ID,
     CLIENT_ID,
     CLIENT_SECRET,
     MANAGED_IDENTITY_CLIENT_ID,
@@ -121,6 +125,14 @@ _ROUTES = Routes(
         Rule("/common/userrealm/<path:username>", endpoint=entra.userrealm, methods=["GET"]),
         Rule("/<tenant>/oauth2/v2.0/token", endpoint=entra.token, methods=["POST"]),
         Rule(f"{_PBI}/groups", endpoint=powerbi.groups, methods=["GET"]),
+        Rule(f"{_PBI}/groups", endpoint=provisioning.create_group, methods=["POST"]),
+        Rule(_GROUP, endpoint=provisioning.delete_group, methods=["DELETE"]),
+        Rule(f"{_GROUP}/AssignToCapacity", endpoint=provisioning.assign_to_capacity, methods=["POST"]),
+        Rule(f"{_GROUP}/imports", endpoint=provisioning.post_import, methods=["POST"]),
+        Rule(f"{_GROUP}/imports/<import_id>", endpoint=provisioning.get_import, methods=["GET"]),
+        Rule(f"{_PBI}/profiles", endpoint=provisioning.list_profiles, methods=["GET"]),
+        Rule(f"{_PBI}/profiles", endpoint=provisioning.create_profile, methods=["POST"]),
+        Rule(f"{_PBI}/profiles/<profile>", endpoint=provisioning.delete_profile, methods=["DELETE"]),
         Rule(f"{_GROUP}/users", endpoint=powerbi.group_users, methods=["GET"]),
         Rule(f"{_GROUP}/<any(reports,dashboards,datasets):kind>", endpoint=powerbi.group_items, methods=["GET"]),
         Rule(f"{_GROUP}/<any(reports,dashboards,datasets):kind>/<item>", endpoint=powerbi.group_item, methods=["GET"]),
@@ -172,6 +184,7 @@ _CONFIG_SCHEMA = {
     "system_assigned_identity": str,
     "user_assigned_identities": [str],
     "identity_header": str,
+    "strict_profiles": bool,
     "identity_principals": Map(str),
     "federated_credentials": Map([{"issuer": Req(str), "subject": Req(str), "audiences": [str], "name": str}]),
 }
@@ -180,6 +193,11 @@ _CONFIG_ATTRIBUTES = {"tenant_id": "tenant_guid"}
 # (latency is scripted trouble: clear_faults() zeroes it).
 _RESTORED = [
     "catalog",
+    "profiles",
+    "imports",
+    "capacities",
+    "import_publishing_polls",
+    "import_outcome",
     *{_CONFIG_ATTRIBUTES.get(k, k) for k in _CONFIG_SCHEMA} - {"public_clients", "latency", "path_latency"},
 ]
 
@@ -237,6 +255,17 @@ class FakeUpstream:
         self.service_principals_allowed = True  # the tenant setting "Service principals can use Fabric APIs"
         self.trial_tokens_left: int | None = None  # embed tokens left on shared capacity; None = no limit
         self.embed_token_default_minutes = 60
+        # Multitenancy (emulator.provisioning): service principal profiles (id -> {"id", "displayName", "owner"}),
+        # the capacities workspaces may be assigned to, and imports with how they end.
+        self.profiles: dict[str, dict[str, str]] = {}
+        self.capacities: set[str] = {CAPACITY_ID}
+        self.imports: dict[str, dict[str, Any]] = {}
+        self.import_publishing_polls = 1  # reads of an import that answer "Publishing" before its outcome
+        self.import_outcome = "Succeeded"  # or "Failed"
+        # A profile header naming a profile the emulator does not know (never created here, nor registered with
+        # add_profile) is refused as Power BI refuses it (401) when True; when False it acts with the calling
+        # app's own memberships, for tests that name profile ids without registering them.
+        self.strict_profiles = False
         self.latency = 0.0  # seconds added to every Power BI answer
         self.path_latency: dict[str, float] = {}  # path part -> seconds added to matching answers
         # How latency is spent: None waits in real time; a fake clock's sleep moves that clock instead.
@@ -357,6 +386,24 @@ class FakeUpstream:
             with self._lock:
                 self.client_certificates.setdefault(client_id, []).append(certificate.cert_pem)
         return certificate
+
+    def add_profile(
+        self,
+        display_name: str,
+        owner: str = CLIENT_ID,
+        *,
+        profile_id: str | None = None,
+        workspaces: Iterable[str] = (),
+        role: str = "Admin",
+    ) -> str:
+        """A service principal profile of the app ``owner`` (a client id), as Create Profile makes one (with
+        ``profile_id`` if given), made ``role`` in each of ``workspaces``; its id."""
+        profile_id = (profile_id or str(uuid.uuid4())).lower()
+        with self._lock:
+            self.profiles[profile_id] = {"id": profile_id, "displayName": display_name, "owner": owner}
+            for workspace_id in workspaces:
+                cat.set_member(self.catalog, workspace_id, profile_id, role)
+        return profile_id
 
     def trust_managed_identity(
         self, client_id: str, identity_client_id: str, audience: str = "api://AzureADTokenExchange"

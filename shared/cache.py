@@ -71,7 +71,7 @@ class CacheKey(Protocol):
 K = TypeVar("K", bound=CacheKey)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lifetime:
     """Epoch seconds on the clock's ``now``: handed out until ``fresh_until``, re-loaded in the background
     from ``refresh_from`` (None: never ahead), kept for a failing load until ``keep_until`` (None: not past
@@ -123,7 +123,7 @@ class SharedLevel(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per cached value: no __dict__ each
 class _Entry(Generic[V]):
     value: V
     lifetime: Lifetime

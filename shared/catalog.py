@@ -12,6 +12,9 @@ once per POWERBI_CATALOG_REFRESH_SECONDS (a report published a minute ago works,
 ids costs nothing more). Concurrent reads of one listing share one call. A listing that cannot be
 read raises Power BI's answer and is not kept, so it is never cached as empty.
 
+Each listing is read, and kept, as the request's service principal profile (``Bearer.profile_id``; the
+app itself when none): the profile is part of the key, so what one profile reads is never served to another.
+
 A report's dataset may live in another workspace (``datasetWorkspaceId``): that workspace's
 datasets list is read (only its datasets, one call, cached alike). A paginated report's semantic
 model is looked for in the report's workspace, else read by id (Datasets - Get Dataset).
@@ -41,19 +44,21 @@ MAX_LISTINGS = 4096
 _NOT_LISTED = "(Power BI does not list it to the signed-in identity: deleted, or not shared with it.)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListingKey:
-    """Which list call: (kind, workspace, the dashboard or report it belongs to)."""
+    """Which list call: (kind, workspace, the dashboard or report it belongs to), and the service principal
+    profile it is made as ("" for the app itself): what one profile may see is never served to another."""
 
     kind: ListingKind
     workspace_id: str
     parent: str = ""
+    profile: str = ""
 
     def text(self) -> str:
-        return f"{self.kind}:{self.workspace_id}:{self.parent}"
+        return f"{self.kind}:{self.workspace_id}:{self.parent}:{self.profile}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Listing:
     """One list call's answer, as far as embedding needs it, and when it was read (epoch seconds)."""
 
@@ -87,6 +92,10 @@ class Listing:
             tuple(Dataset.from_json(d) for d in data["datasets"]),
             tuple(str(m) for m in data["models"]),
         )
+
+
+def _key(bearer: Bearer, kind: ListingKind, workspace_id: str, parent: str = "") -> ListingKey:
+    return ListingKey(kind, workspace_id, parent, bearer.profile_id or "")
 
 
 class Catalog:
@@ -134,21 +143,21 @@ class Catalog:
     # -- what the embed flow asks ----------------------------------------------------------------------------
 
     def report(self, bearer: Bearer, workspace_id: str, report_id: str) -> Item:
-        return self._item(bearer, ListingKey("reports", workspace_id), report_id, "report")
+        return self._item(bearer, _key(bearer, "reports", workspace_id), report_id, "report")
 
     def dashboard(self, bearer: Bearer, workspace_id: str, dashboard_id: str) -> Item:
         """The dashboard, with the datasets behind its tiles."""
-        dashboard = self._item(bearer, ListingKey("dashboards", workspace_id), dashboard_id, "dashboard")
-        tiles = self._listing(bearer, ListingKey("tiles", workspace_id, dashboard_id))
+        dashboard = self._item(bearer, _key(bearer, "dashboards", workspace_id), dashboard_id, "dashboard")
+        tiles = self._listing(bearer, _key(bearer, "tiles", workspace_id, dashboard_id))
         datasets = tuple(sorted({d for tile in tiles.items for d in tile.datasets}))
         return Item("dashboard", dashboard.id, workspace_id, dashboard.embed_url, datasets)
 
     def tile(self, bearer: Bearer, workspace_id: str, dashboard_id: str, tile_id: str) -> Item:
-        self._item(bearer, ListingKey("dashboards", workspace_id), dashboard_id, "dashboard")
-        return self._item(bearer, ListingKey("tiles", workspace_id, dashboard_id), tile_id, "tile")
+        self._item(bearer, _key(bearer, "dashboards", workspace_id), dashboard_id, "dashboard")
+        return self._item(bearer, _key(bearer, "tiles", workspace_id, dashboard_id), tile_id, "tile")
 
     def dataset(self, bearer: Bearer, workspace_id: str, dataset_id: str) -> Dataset:
-        found = self._find(bearer, ListingKey("datasets", workspace_id), dataset_id)
+        found = self._find(bearer, _key(bearer, "datasets", workspace_id), dataset_id)
         if not isinstance(found, Dataset):
             raise NotFound(
                 f"There is no dataset {dataset_id} in workspace {workspace_id}.",
@@ -161,15 +170,15 @@ class Catalog:
         """The Power BI semantic models a paginated report queries (none for a SQL source, say)."""
         if not report.paginated:
             return ()
-        sources = self._listing(bearer, ListingKey("datasources", report.workspace_id, report.id))
+        sources = self._listing(bearer, _key(bearer, "datasources", report.workspace_id, report.id))
         return tuple(self._model(bearer, report.workspace_id, model) for model in sources.models)
 
     def _model(self, bearer: Bearer, workspace_id: str, dataset_id: str) -> Dataset:
-        here = self._listing(bearer, ListingKey("datasets", workspace_id)).find(dataset_id)
+        here = self._listing(bearer, _key(bearer, "datasets", workspace_id)).find(dataset_id)
         if isinstance(here, Dataset):
             return here
         # In another workspace: the data source does not say which, so read the one dataset by id.
-        elsewhere = self._listing(bearer, ListingKey("dataset", "", dataset_id)).datasets
+        elsewhere = self._listing(bearer, _key(bearer, "dataset", "", dataset_id)).datasets
         return elsewhere[0]
 
     # -- listings --------------------------------------------------------------------------------------------
@@ -212,7 +221,7 @@ class Catalog:
             return self._read(bearer, key)
 
     def _read(self, bearer: Bearer, key: ListingKey) -> Listing:
-        pbi, ws, now = self.powerbi, key.workspace_id, self.clock.now()
+        pbi, ws, now = self.powerbi.for_profile(key.profile or None), key.workspace_id, self.clock.now()
         readers: dict[str, Callable[[str], Listing]] = {
             "reports": lambda token: Listing(now, items=pbi.list_reports(token, ws)),
             "dashboards": lambda token: Listing(now, items=pbi.list_dashboards(token, ws)),

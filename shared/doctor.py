@@ -278,6 +278,18 @@ def check_power_bi(service: EmbedService, token: AccessToken, report: Report) ->
     return True
 
 
+def check_power_bi_or_customers(
+    service: EmbedService, token: AccessToken, report: Report, session: requests.Session | None
+) -> bool:
+    """With a customer directory each customer brings its workspaces: check those (as ``python -m
+    shared.customers check`` does, for up to 50) instead of the global ones."""
+    if service.settings.customers is None:
+        return check_power_bi(service, token, report)
+    from shared.customers.checkup import check_customers
+
+    return check_customers(service.settings, service.tokens, report, service.clock, session)
+
+
 def role(service: EmbedService, token: AccessToken, workspace_id: str) -> str:
     """The identity's role in the workspace, when Power BI lets us read the member list."""
     settings = service.settings
@@ -371,7 +383,11 @@ def main(
         with call_context(Deadline.after(SYSTEM_CLOCK, DEADLINE_SECONDS)):
             token = check_sign_in(service, report)
             if token is not None:
-                ok = list_everything(service, token, report) if args.list else check_power_bi(service, token, report)
+                ok = (
+                    list_everything(service, token, report)
+                    if args.list
+                    else check_power_bi_or_customers(service, token, report, session)
+                )
     report.section("Result: " + ("OK" if ok else "not working yet: fix the FAIL lines above, in order"))
     return 0 if ok else 1
 

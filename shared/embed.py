@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import requests
@@ -33,6 +33,8 @@ from shared.budget import Budget
 from shared.cache import SharedLevel
 from shared.catalog import Catalog
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
+from shared.customers.access import CustomerAccess
+from shared.customers.directory import Customer
 from shared.entra import EntraTokenProvider
 from shared.errors import ConfigurationError, InvalidRequest, NotAllowed
 from shared.http import HttpClient, call_context
@@ -51,7 +53,7 @@ MAX_REPORTS = 50  # Power BI's limit for one V2 token
 ENTRA_TOKENS_HELD = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EmbedRequest:
     """What a caller may have, once policy has allowed it."""
 
@@ -60,6 +62,29 @@ class EmbedRequest:
     ids: tuple[str, ...]  # report ids (request order, no repeats); (dashboard,); (dashboard, tile); (dataset,)
     access_level: str = "View"
     identity: Identity | None = None
+    profile_id: str | None = None  # the service principal profile every Power BI call is made as
+    customer: str | None = None  # the customer's id (many customers), for the log
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What a request may reach: the customer's workspaces, items and profile, or the global settings'."""
+
+    default_workspace: str | None
+    workspaces: frozenset[str]
+    reports: frozenset[str] | None
+    dashboards: frozenset[str] | None
+    profile_id: str | None
+
+    @classmethod
+    def of(cls, customer: Customer) -> _Scope:
+        workspaces = frozenset(customer.workspaces)
+        return cls(customer.default_workspace, workspaces, customer.reports, customer.dashboards, customer.profile_id)
+
+    @classmethod
+    def of_settings(cls, s: Settings) -> _Scope:
+        p = s.policy
+        return cls(p.workspace_id, p.allowed_workspaces, p.allowed_reports, p.allowed_dashboards, s.sign_in.profile_id)
 
 
 class EmbedService:
@@ -72,11 +97,14 @@ class EmbedService:
         shared: SharedLevel | None = None,
         background: Background | None = None,
         budget: Budget | None = None,
+        customers: CustomerAccess | None = None,
     ) -> None:
         """``shared``: an optional second cache level shared between workers, for tokens and the catalog;
         ``background``: where refreshes ahead run (none without it); ``budget``: for new tokens (this
-        process's own without one)."""
+        process's own without one); ``customers``: the customer directory's access rule (None: one global
+        scope, POWERBI_CUSTOMERS_SOURCE=none)."""
         self.settings = settings
+        self.customers = customers
         self.tokens = tokens
         self.powerbi = powerbi
         self.clock = clock
@@ -124,7 +152,12 @@ class EmbedService:
             shared or redis,
             background or BackgroundPool(),
             budget,
+            CustomerAccess.create(settings, clock),
         )
+
+    def customer_for(self, headers: Mapping[str, str]) -> Customer | None:
+        """The signed-in user's customer (401/403 before any Power BI call), or None without a directory."""
+        return self.customers.customer_for(headers) if self.customers is not None else None
 
     def embed(
         self,
@@ -134,25 +167,27 @@ class EmbedService:
         access_level: str | None = None,
         identity: Identity | None = None,
         principal: str | None = None,
+        customer: Customer | None = None,
     ) -> Embed:
         """The embed for a request; ``principal``: the signed-in user's id the platform vouches for (the
-        per-user budget), if any."""
+        per-user budget), if any; ``customer``: whose request it is (required with a customer directory)."""
         raw_ids = (ids,) if isinstance(ids, str) else tuple(ids)
         telemetry.annotate(kind=kind)
-        request = self._authorize(kind, raw_ids, workspace_id, access_level, identity)
-        telemetry.annotate(workspace_id=request.workspace_id, item_ids=request.ids)
+        request = self._authorize(kind, raw_ids, workspace_id, access_level, identity, customer)
+        telemetry.annotate(workspace_id=request.workspace_id, item_ids=request.ids, customer=request.customer)
         with call_context(Deadline.after(self.clock, self.settings.policy.deadline_seconds)) as context:
-            bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS)
+            bearer = Bearer(self.tokens, self._min_seconds + ENTRA_MARGIN_SECONDS, request.profile_id)
             plan = self._plan(request, bearer)
             embed, outcome = self.embed_tokens.get(plan, bearer, principal, context.deadline.remaining)
             # A value from the shared store (l2) is a hit too: Power BI was not asked.
             telemetry.annotate(cache="hit" if outcome == "l2" else outcome, rls=plan.key.identity is not None)
             telemetry.token_handed_out(kind, embed.token.expires_at - self.clock.now())
             logger.info(
-                "embed %s %s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
+                "embed %s %s customer=%s workspace=%s access=%s rls=%s cache=%s upstream_calls=%d upstream_ms=%.0f "
                 "request_ids=%s token_id=%s",
                 kind,
                 ",".join(request.ids),
+                request.customer or "-",
                 request.workspace_id,
                 request.access_level,
                 "yes" if plan.key.identity else "no",
@@ -174,9 +209,15 @@ class EmbedService:
         workspace_id: str | None,
         access_level: str | None,
         identity: Identity | None,
+        customer: Customer | None = None,
     ) -> EmbedRequest:
-        """Deny before any upstream call: bad ids and values, workspaces, items and access not allowed."""
+        """Deny before any upstream call: bad ids and values, workspaces, items and access not allowed.
+
+        With a customer directory the customer's workspaces, items and profile replace the global ones."""
         s = self.settings
+        scope = _Scope.of(customer) if customer is not None else _Scope.of_settings(s)
+        if customer is None and self.customers is not None:
+            raise ConfigurationError("The request has no customer.", cause="embed called without the customer")
         names = {"tile": ("dashboard", "tile"), "create": ("dataset",)}.get(kind, (kind.removesuffix("s"),))
         ids: list[str] = []
         for position, raw in enumerate(raw_ids):
@@ -196,14 +237,14 @@ class EmbedService:
             raise InvalidRequest(f"accessLevel must be View or Edit, not {_quoted(access_level or '')}.")
         if level == "Edit" and kind not in ("report", "reports"):
             raise InvalidRequest("Only reports can be edited: accessLevel=Edit needs a report.")
-        workspace = s.policy.workspace_id if workspace_id is None else parse_guid(workspace_id)
+        workspace = scope.default_workspace if workspace_id is None else parse_guid(workspace_id)
         if workspace is None:
             raise InvalidRequest("workspaceId is required." if workspace_id is None else "workspaceId must be a GUID.")
-        if workspace not in s.policy.allowed_workspaces:
+        if workspace not in scope.workspaces:
             raise NotAllowed(f"Workspace {workspace} is not allowed here.")
         # Reports answer to the report allow-list; a dashboard and its tiles to the dashboard's; a
         # dataset to be reported on (create) only to its workspace's.
-        allowed = s.policy.allowed_reports if kind in ("report", "reports") else s.policy.allowed_dashboards
+        allowed = scope.reports if kind in ("report", "reports") else scope.dashboards
         governed = [] if kind == "create" else ids if kind in ("report", "reports") else ids[:1]
         for item in governed:
             if allowed is not None and item not in allowed:
@@ -213,7 +254,9 @@ class EmbedService:
                 "Editing and creating reports is not allowed: ask for accessLevel=View.",
                 hint="(POWERBI_ALLOW_EDIT is not true.)",
             )
-        return EmbedRequest(kind, workspace, tuple(ids), level, identity)
+        return EmbedRequest(
+            kind, workspace, tuple(ids), level, identity, scope.profile_id, customer.id if customer else None
+        )
 
     def _plan(self, request: EmbedRequest, bearer: Bearer) -> Plan:
         """Items, datasets and identity from the catalog (a 404 for an id it does not hold), and the key."""
@@ -238,7 +281,7 @@ class EmbedService:
         identity = self._identity(behind, models, request.identity)
         key_ids = tuple(sorted(ids)) if request.kind == "reports" else ids
         key_identity = request.identity if identity else None
-        key = TokenKey(request.kind, ws, key_ids, request.access_level, key_identity)
+        key = TokenKey(request.kind, ws, key_ids, request.access_level, key_identity, request.profile_id)
         read_only = tuple(sorted({m.id for found in models.values() for m in found}))
         token_request = TokenRequest(
             items, request.access_level == "Edit", create_on, (identity,) if identity else (), read_only

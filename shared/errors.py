@@ -137,6 +137,16 @@ class SignInUnavailable(EmbedError):
         self.retry_after = retry_after
 
 
+class DirectoryUnavailable(EmbedError):
+    """The customer directory (an Azure Storage table) cannot be read and holds no earlier entry to serve."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, cause: str = "") -> None:
+        super().__init__(message, cause=cause, headers={"Retry-After": str(retry_after)})
+
+
 class PowerBIRefused(EmbedError):
     """Power BI answered with an error we cannot pass on as our own."""
 
@@ -175,7 +185,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "not_allowed": "This item is not available.",
     "not_found": "The item was not found.",
     "throttled": "Power BI is busy; try again after the time in Retry-After.",
-    "unavailable": "Power BI is unavailable; try again after the time in Retry-After.",
+    "unavailable": "A service the function needs is unavailable; try again after the time in Retry-After.",
     "signin_unavailable": "The function cannot sign in to Power BI right now; try again after the time in Retry-After.",
     "configuration_error": "The function is not configured correctly.",
     "sign_in_failed": "The function could not sign in to Power BI.",

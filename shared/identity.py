@@ -15,7 +15,8 @@ drops any a caller sends, and linking the app to a Static Web App turns it on wi
 identity provider that accepts only requests the site forwards. Nothing else in a request
 (query, body, other headers) is read. The principal's identity provider must be the one
 pinned by ``POWERBI_RLS_IDENTITY_PROVIDER``, and its ``tid`` one of
-``POWERBI_RLS_ALLOWED_TENANTS`` when that is set.
+``POWERBI_RLS_ALLOWED_TENANTS`` when that is set. The customer directory
+(``shared.customers.access``) reads the signed-in user's customer from the same trusted principal.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _SIGN_IN = "Sign in first: this function issues tokens only to signed-in users."
 _NOT_ACCEPTED = "This sign-in is not accepted here: sign in with the organisation's account."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """An effective identity for Power BI: who, in which roles, with what custom data."""
 
@@ -67,6 +68,22 @@ def identity_for(headers: Mapping[str, str], settings: Settings) -> Identity | N
     """The caller's identity when row-level security takes it from the principal, else None."""
     if settings.rls.username_source == "none":
         return None
+    principal = trusted_principal(headers, settings)
+    if settings.rls.username_claim:
+        username = principal.claims.get(settings.rls.username_claim, "")
+    else:
+        username = principal.name
+    if not username:
+        raise Unauthenticated(_SIGN_IN)
+    check_username(username)
+    custom_data = principal.claims.get(settings.rls.custom_data_claim) if settings.rls.custom_data_claim else None
+    return Identity(username, roles_for(principal, settings), custom_data)
+
+
+def trusted_principal(headers: Mapping[str, str], settings: Settings) -> Principal:
+    """The signed-in principal, if the trust rules accept it: its provider is the pinned one and its tenant
+    one of the allowed; 401 otherwise (also when no one is signed in). Row-level security and the
+    customer directory (``shared.customers.access``) both read the principal through this."""
     lowered = {name.lower(): value for name, value in headers.items()}
     principal = read_principal(lowered)
     if principal is None:
@@ -83,15 +100,7 @@ def identity_for(headers: Mapping[str, str], settings: Settings) -> Identity | N
         if parse_guid(tenant) not in settings.rls.allowed_tenants:
             cause = "principal refused: its tid is not in POWERBI_RLS_ALLOWED_TENANTS"
             raise Unauthenticated(_NOT_ACCEPTED, cause=cause)
-    if settings.rls.username_claim:
-        username = principal.claims.get(settings.rls.username_claim, "")
-    else:
-        username = principal.name
-    if not username:
-        raise Unauthenticated(_SIGN_IN)
-    check_username(username)
-    custom_data = principal.claims.get(settings.rls.custom_data_claim) if settings.rls.custom_data_claim else None
-    return Identity(username, roles_for(principal, settings), custom_data)
+    return principal
 
 
 def principal_id(headers: Mapping[str, str], platform_vouches: bool) -> str | None:

@@ -40,7 +40,8 @@ _WORKSPACE = {
     "name": "workspaceId",
     "in": "query",
     "required": False,
-    "description": "The item's workspace; the function's default workspace when omitted.",
+    "description": "The item's workspace; when omitted, the function's default workspace, or with a customer "
+    "directory the signed-in user's customer's first workspace.",
     "schema": GUID,
 }
 _ACCESS_LEVEL = {

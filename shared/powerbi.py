@@ -50,7 +50,7 @@ _REFUSAL_HINTS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """A report, dashboard or tile as far as embedding needs it."""
 
@@ -88,7 +88,7 @@ class Item:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dataset:
     id: str
     workspace_id: str
@@ -116,7 +116,7 @@ class Dataset:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EffectiveIdentity:
     """Row-level security for one token: who, in which roles, for which datasets (and paginated reports)."""
 
@@ -128,7 +128,7 @@ class EffectiveIdentity:
     reports: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenRequest:
     """What one GenerateToken call is for: items to view or edit, or a dataset to create a report on."""
 
@@ -145,7 +145,7 @@ class TokenRequest:
         return "V1" if self.items and self.items[0].kind in ("dashboard", "tile") else "V2"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EmbedToken:
     token: str = field(repr=False)
     token_id: str
@@ -171,19 +171,22 @@ class TokenSource(Protocol):
 
 
 class Bearer:
-    """The Entra token of one request, fetched on first use (a cache hit needs none), and replaced once
-    when Power BI rejects it."""
+    """Who calls Power BI for one request: the Entra token, fetched on first use (a cache hit needs none)
+    and replaced once when Power BI rejects it, and the service principal profile the calls act as (None:
+    the app itself). One Entra token serves every profile; the profile travels in each call's header."""
 
-    def __init__(self, tokens: TokenSource, min_seconds: float) -> None:
+    def __init__(self, tokens: TokenSource, min_seconds: float, profile_id: str | None = None) -> None:
         self._tokens = tokens
         self._min_seconds = min_seconds
+        self.profile_id = profile_id
         self._token: AccessToken | None = None
         self._renewed = False
 
     def fork(self, min_seconds: float | None = None) -> Bearer:
         """A Bearer of its own, for work off the request (a background refresh), with the same or a longer
         minimum life: a token too short for it is renewed when it is first used."""
-        return Bearer(self._tokens, self._min_seconds if min_seconds is None else min_seconds)
+        # The same profile: work done for a customer is done as that customer's profile, never as another.
+        return Bearer(self._tokens, self._min_seconds if min_seconds is None else min_seconds, self.profile_id)
 
     def call(self, work: Callable[[str], T]) -> T:
         token = self._token = self._token or self._tokens.token(self._min_seconds)
@@ -208,13 +211,21 @@ class PowerBIClient:
     def __init__(
         self, api_url: str, http: HttpClient, lifetime_minutes: int | None = None, profile_id: str | None = None
     ) -> None:
+        self.api_url = api_url
         self.base = f"{api_url}/v1.0/myorg"
         # Data sources name a semantic model by the API's host (api.powerbi.com, or the sovereign cloud's).
         self.api_host = (urlsplit(api_url).netloc or "").lower()
         self.http = http
         self.lifetime_minutes = lifetime_minutes
         # A service principal profile acts in Power BI as itself: every call must name it.
+        self.profile_id = profile_id
         self.profile_headers = {"X-PowerBI-Profile-Id": profile_id} if profile_id else {}
+
+    def for_profile(self, profile_id: str | None) -> PowerBIClient:
+        """This client acting as ``profile_id`` (None: as the app itself), on the same HTTP client."""
+        if profile_id == self.profile_id:
+            return self
+        return PowerBIClient(self.api_url, self.http, self.lifetime_minutes, profile_id)
 
     def get(self, access_token: str, path: str, what: str = "") -> dict[str, Any]:
         """GET a Power BI path under ``/v1.0/myorg``."""

@@ -16,14 +16,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from shared.customers.config import CustomersSettings
 
 AuthMode = Literal["MasterUser", "ServicePrincipal", "ManagedIdentity"]
 AUTH_MODES: tuple[AuthMode, ...] = ("MasterUser", "ServicePrincipal", "ManagedIdentity")
@@ -115,6 +119,13 @@ SETTING_NAMES = (
     "POWERBI_CACHE_ENCRYPTION_KEY",
     "POWERBI_CACHE_TIMEOUT_MS",
     "POWERBI_CACHE_BREAKER_SECONDS",
+    # Many customers: the directory, and how a signed-in user's customer is found
+    "POWERBI_CUSTOMERS_SOURCE",
+    "POWERBI_CUSTOMERS",
+    "POWERBI_CUSTOMERS_TABLE",
+    "POWERBI_CUSTOMERS_CONNECTION",
+    "POWERBI_CUSTOMER_FROM",
+    "POWERBI_CUSTOMERS_TTL_SECONDS",
     # Refresh ahead, stale values, and the budget for new tokens
     "POWERBI_REFRESH_AHEAD_MINUTES",
     "POWERBI_CATALOG_STALE_SECONDS",
@@ -165,7 +176,7 @@ def parse_guid(value: str) -> str | None:
     except ValueError:
         return None
     # uuid.UUID also accepts braces and urn: prefixes; ids in URLs are the plain form.
-    canonical = str(parsed)
+    canonical = sys.intern(str(parsed))  # one string per id however many caches hold it
     return canonical if canonical == value.strip().lower() else None
 
 
@@ -331,21 +342,28 @@ class Settings:
     rls: RowLevelSecuritySettings
     caches: CacheSettings
     shared_cache: SharedCacheSettings | None = None
+    # Many customers (shared.customers.config); None: POWERBI_CUSTOMERS_SOURCE=none, one global scope.
+    customers: CustomersSettings | None = None
     refresh: RefreshSettings = RefreshSettings()
     budget: BudgetSettings = BudgetSettings()
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        # The customers concern lives with the customers (it holds their directory), which import this module.
+        from shared.customers.config import read_customers
+
         reader = Reader(env)
         sign_in = read_sign_in(reader)
+        customers = read_customers(reader)
         settings = cls(
             sign_in=sign_in,
             powerbi=read_powerbi(reader, CLOUDS[sign_in.cloud]),
-            policy=read_policy(reader),
+            policy=read_policy(reader, per_customer=customers is not None),
             rls=read_row_level_security(reader),
             caches=read_caches(reader),
             shared_cache=read_shared_cache(reader),
+            customers=customers,
             refresh=read_refresh(reader),
             budget=read_budget(reader),
             telemetry=read_telemetry(reader),
@@ -611,11 +629,15 @@ def read_powerbi(r: Reader, cloud: Cloud) -> PowerBISettings:
 # --- Policy -----------------------------------------------------------------------------------
 
 
-def read_policy(r: Reader) -> PolicySettings:
-    """The allow-lists, edit rights, token minutes, the request deadline and what answers disclose."""
+def read_policy(r: Reader, *, per_customer: bool = False) -> PolicySettings:
+    """The allow-lists, edit rights, token minutes, the request deadline and what answers disclose.
+
+    ``per_customer``: a customer directory brings each customer's workspaces (the global ones must be unset)."""
     workspace_id = r.guid("POWERBI_WORKSPACE_ID")
     allowed = r.guids("POWERBI_ALLOWED_WORKSPACES")
-    if allowed is None:
+    if per_customer:
+        allowed = frozenset()
+    elif allowed is None:
         allowed = frozenset([workspace_id]) if workspace_id else frozenset()
         if not r.is_set("POWERBI_WORKSPACE_ID"):
             r.problem(

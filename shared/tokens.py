@@ -39,24 +39,26 @@ ENTRA_MARGIN_SECONDS = 120
 STALE_MIN_SECONDS = 120
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenKey:
     """The embed-token cache key: canonical, so one set of items is one token whatever the request's order,
-    and with the identity only when one of the token's datasets requires it (it is then the one sent)."""
+    and with the identity only when one of the token's datasets requires it (it is then the one sent). The
+    profile is part of it: a token minted as one profile is never handed out for another."""
 
     kind: Kind
     workspace_id: str
     ids: tuple[str, ...]  # sorted for several reports
     access_level: str
     identity: Identity | None
+    profile_id: str | None = None  # the service principal profile it is minted as (None: the app itself)
 
     def text(self) -> str:
         identity = dataclasses.asdict(self.identity) if self.identity else None
-        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity]
+        parts = [self.kind, self.workspace_id, list(self.ids), self.access_level, identity, self.profile_id]
         return json.dumps(parts, separators=(",", ":"), sort_keys=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """What one token is for: its cache key and the GenerateToken it takes on a miss."""
 
@@ -64,7 +66,7 @@ class Plan:
     request: TokenRequest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Embed:
     kind: Kind
     items: tuple[Item, ...]
@@ -174,7 +176,8 @@ class EmbedTokens:
     def _mint(self, bearer: Bearer, plan: Plan, principal: str | None) -> Embed:
         """A new token for a request, within the budget (over it: 429, and no upstream call)."""
         self.budget.take(principal)
-        token = bearer.call(lambda access: self.powerbi.generate_token(access, plan.request))
+        powerbi = self.powerbi.for_profile(bearer.profile_id)
+        token = bearer.call(lambda access: powerbi.generate_token(access, plan.request))
         telemetry.token_minted(plan.key.kind, plan.request.api, bool(plan.request.identities), "miss")
         return Embed(plan.key.kind, plan.request.items, token, plan.request.create_on)
 
@@ -184,7 +187,8 @@ class EmbedTokens:
         with call_context(Deadline.after(self.clock, BACKGROUND_SECONDS)) as context:
             self.budget.take(background=True)
             longer = bearer.fork(self._min_seconds + self._ahead_seconds + ENTRA_MARGIN_SECONDS)
-            token = longer.call(lambda access: self.powerbi.generate_token(access, plan.request))
+            powerbi = self.powerbi.for_profile(longer.profile_id)
+            token = longer.call(lambda access: powerbi.generate_token(access, plan.request))
             telemetry.token_minted(plan.key.kind, plan.request.api, bool(plan.request.identities), "refresh")
             logger.info(
                 "refreshed ahead %s %s workspace=%s upstream_calls=%d upstream_ms=%.0f token_id=%s",

@@ -17,6 +17,7 @@ from emulator.host import FunctionRoutes
 from shared.embed import EmbedService
 from shared.errors import ConfigurationError
 from shared.settings import Settings
+from tests.azurite import AzuriteTables
 from tests.redis_server import RedisServer
 
 # Distinctive values, searched for in every captured log line.
@@ -163,3 +164,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path, password=REDIS_PASSWORD).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteTables]:
+    """A real Azurite table service for the session (skips, with the install command, without one): each test
+    uses a table of its own; a test that stops Azurite starts an ``AzuriteTables`` of its own."""
+    tables = AzuriteTables(tmp_path_factory.mktemp("azurite")).start()
+    yield tables
+    tables.stop()

@@ -160,7 +160,9 @@ class Fake:
         if not STORAGE_NAME.match(self.opt("--name")):
             raise AzError("(AccountNameInvalid) not a valid storage account name.", 1)
         sku = self.opt("--sku", required=False) or "Standard_RAGRS"
-        return self.resource("storage", "Microsoft.Storage/storageAccounts", {"sku": {"name": sku}})
+        endpoints = {"table": f"https://{self.opt('--name')}.table.core.windows.net/"}
+        extra = {"sku": {"name": sku}, "primaryEndpoints": endpoints}
+        return self.resource("storage", "Microsoft.Storage/storageAccounts", extra)
 
     def app_show(self) -> Any:
         return self.find("apps", "Microsoft.Web/sites")
@@ -272,6 +274,35 @@ class Fake:
             settings.pop(name, None)
         return [{"name": k, "value": v, "slotSetting": False} for k, v in settings.items()]
 
+    # -- generic Azure Resource Manager resources (a storage account's tables) -----------------------
+
+    def resource_show(self) -> Any:
+        resource_id = self.opt("--ids")
+        found = self.table("resources").get(resource_id.lower())
+        if found is None:
+            raise AzError(f"(ResourceNotFound) The Resource '{resource_id}' was not found.", 3)
+        return found
+
+    def resource_create(self) -> Any:
+        resource_id = self.opt("--id")
+        match = re.fullmatch(
+            r"(?i)(/subscriptions/.+/storageAccounts/[^/]+)/tableServices/default/tables/([^/]+)", resource_id
+        )
+        if match is None:
+            raise AzError(f"fake az: only storage tables are created with 'az resource create', not {resource_id}", 2)
+        if not any(item["id"] == match.group(1) for item in self.table("storage").values()):
+            raise AzError(f"(ParentResourceNotFound) '{match.group(1)}' was not found.", 3)
+        if resource_id.lower() in self.table("resources"):
+            raise AzError(f"(Conflict) The resource '{resource_id}' already exists.", 1)
+        properties = json.loads(self.opt("--properties"))
+        table = {
+            "id": resource_id,
+            "name": match.group(2),
+            "type": "Microsoft.Storage/storageAccounts/tableServices/tables",
+        }
+        self.table("resources")[resource_id.lower()] = table | {"properties": properties}
+        return self.table("resources")[resource_id.lower()]
+
     def cors_show(self) -> Any:
         name = self.app_show()["name"]
         origins = self.table("cors").get(name, [])
@@ -323,7 +354,9 @@ class Fake:
     def role_create(self) -> Any:
         scope = self.opt("--scope")
         if not any(
-            item["id"] == scope for table in ("vaults", "apps", "storage") for item in self.table(table).values()
+            item["id"] == scope
+            for table in ("vaults", "apps", "storage", "resources")
+            for item in self.table(table).values()
         ):
             raise AzError(f"(InvalidResourceNamespace) scope '{scope}' does not exist.", 1)
         principal, role = self.opt("--assignee-object-id"), self.opt("--role")
@@ -503,6 +536,8 @@ COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("identity", "create"): Fake.user_identity_create,
     ("ad", "app", "federated-credential", "list"): Fake.federated_list,
     ("ad", "app", "federated-credential", "create"): Fake.federated_create,
+    ("resource", "show"): Fake.resource_show,
+    ("resource", "create"): Fake.resource_create,
     ("functionapp", "cors", "show"): Fake.cors_show,
     ("functionapp", "cors", "add"): Fake.cors_add,
     ("functionapp", "cors", "credentials"): Fake.cors_credentials,
