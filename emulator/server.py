@@ -265,7 +265,7 @@ class FakeUpstream:
         # A profile header naming a profile the emulator does not know (never created here, nor registered with
         # add_profile) is refused as Power BI refuses it (401) when True; when False it acts with the calling
         # app's own memberships, for tests that name profile ids without registering them.
-        self.strict_profiles = False
+        self.strict_profiles = True
         self.latency = 0.0  # seconds added to every Power BI answer
         self.path_latency: dict[str, float] = {}  # path part -> seconds added to matching answers
         # How latency is spent: None waits in real time; a fake clock's sleep moves that clock instead.

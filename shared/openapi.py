@@ -148,80 +148,7 @@ def _document() -> dict[str, Any]:
         },
         "servers": [{"url": "/api", "description": "The function app (or a Static Web App's linked backend)"}],
         "security": [{"functionKey": []}, {"functionKeyQuery": []}],
-        "paths": {
-            "/embed/reports/{reportId}": _embed_operation(
-                "embedReport",
-                "An embed token for a report (a paginated report too)",
-                [_path_id("reportId", "report"), _WORKSPACE, _ACCESS_LEVEL],
-                "ReportEmbed",
-            ),
-            "/embed/reports": _embed_operation(
-                "embedReports",
-                "One embed token for up to 50 reports",
-                [
-                    {
-                        "name": "ids",
-                        "in": "query",
-                        "required": True,
-                        "description": "Comma-separated report ids (at most 50); every one must be allowed.",
-                        "schema": {"type": "string"},
-                    },
-                    _WORKSPACE,
-                    _ACCESS_LEVEL,
-                ],
-                "ReportsEmbed",
-            ),
-            "/embed/dashboards/{dashboardId}": _embed_operation(
-                "embedDashboard",
-                "An embed token for a dashboard",
-                [_path_id("dashboardId", "dashboard"), _WORKSPACE, _ACCESS_LEVEL],
-                "DashboardEmbed",
-            ),
-            "/embed/dashboards/{dashboardId}/tiles/{tileId}": _embed_operation(
-                "embedTile",
-                "An embed token for a dashboard tile",
-                [_path_id("dashboardId", "dashboard"), _path_id("tileId", "tile"), _WORKSPACE, _ACCESS_LEVEL],
-                "TileEmbed",
-            ),
-            "/embed/datasets/{datasetId}/create": _embed_operation(
-                "embedCreate",
-                "A token to create a report on a dataset (only with POWERBI_ALLOW_EDIT=true)",
-                [_path_id("datasetId", "dataset"), _WORKSPACE, _ACCESS_LEVEL],
-                "CreateEmbed",
-            ),
-            "/health": {
-                "get": {
-                    "operationId": "health",
-                    "summary": "Is the configuration complete? No secrets, no upstream call.",
-                    "tags": ["operations"],
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Configured.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
-                        },
-                        "500": {
-                            "description": "Misconfigured: the log line (and, with details on, `problems`) says why.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
-                        },
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document (anonymous).",
-                    "tags": ["operations"],
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "The OpenAPI document.",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-        },
+        "paths": _paths(),
         "components": {
             "securitySchemes": {
                 "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
@@ -235,63 +162,155 @@ def _document() -> dict[str, Any]:
                     "schema": {"type": "string", "pattern": "^[0-9]+$"},
                 },
             },
-            "schemas": {
-                "ReportEmbed": _embed_schema("report", {}, ()),
-                "DashboardEmbed": _embed_schema("dashboard", {}, ()),
-                "TileEmbed": _embed_schema("tile", {"dashboardId": {"type": "string"}}, ("dashboardId",)),
-                "CreateEmbed": _embed_schema("create", {"datasetId": {"type": "string"}}, ("datasetId",)),
-                "ReportsEmbed": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"const": "reports"},
-                        "items": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "id": {"type": "string"},
-                                    "workspaceId": {"type": "string"},
-                                    "embedUrl": {"type": "string", "format": "uri"},
-                                },
-                                "required": ["id", "workspaceId", "embedUrl"],
-                            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    """The routes: the five embed operations, health and this document."""
+    return {**_embed_paths(), **_operations_paths()}
+
+
+def _embed_paths() -> dict[str, Any]:
+    return {
+        "/embed/reports/{reportId}": _embed_operation(
+            "embedReport",
+            "An embed token for a report (a paginated report too)",
+            [_path_id("reportId", "report"), _WORKSPACE, _ACCESS_LEVEL],
+            "ReportEmbed",
+        ),
+        "/embed/reports": _embed_operation(
+            "embedReports",
+            "One embed token for up to 50 reports",
+            [
+                {
+                    "name": "ids",
+                    "in": "query",
+                    "required": True,
+                    "description": "Comma-separated report ids (at most 50); every one must be allowed.",
+                    "schema": {"type": "string"},
+                },
+                _WORKSPACE,
+                _ACCESS_LEVEL,
+            ],
+            "ReportsEmbed",
+        ),
+        "/embed/dashboards/{dashboardId}": _embed_operation(
+            "embedDashboard",
+            "An embed token for a dashboard",
+            [_path_id("dashboardId", "dashboard"), _WORKSPACE, _ACCESS_LEVEL],
+            "DashboardEmbed",
+        ),
+        "/embed/dashboards/{dashboardId}/tiles/{tileId}": _embed_operation(
+            "embedTile",
+            "An embed token for a dashboard tile",
+            [_path_id("dashboardId", "dashboard"), _path_id("tileId", "tile"), _WORKSPACE, _ACCESS_LEVEL],
+            "TileEmbed",
+        ),
+        "/embed/datasets/{datasetId}/create": _embed_operation(
+            "embedCreate",
+            "A token to create a report on a dataset (only with POWERBI_ALLOW_EDIT=true)",
+            [_path_id("datasetId", "dataset"), _WORKSPACE, _ACCESS_LEVEL],
+            "CreateEmbed",
+        ),
+    }
+
+
+def _operations_paths() -> dict[str, Any]:
+    return {
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Is the configuration complete? No secrets, no upstream call.",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Configured.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    },
+                    "500": {
+                        "description": "Misconfigured: the log line (and, with details on, `problems`) says why.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    },
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document (anonymous).",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    """The answers' shapes: each kind of embed, health, and the one error body."""
+    return {
+        "ReportEmbed": _embed_schema("report", {}, ()),
+        "DashboardEmbed": _embed_schema("dashboard", {}, ()),
+        "TileEmbed": _embed_schema("tile", {"dashboardId": {"type": "string"}}, ("dashboardId",)),
+        "CreateEmbed": _embed_schema("create", {"datasetId": {"type": "string"}}, ("datasetId",)),
+        "ReportsEmbed": {
+            "type": "object",
+            "properties": {
+                "type": {"const": "reports"},
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "workspaceId": {"type": "string"},
+                            "embedUrl": {"type": "string", "format": "uri"},
                         },
-                        **_token_fields(),
+                        "required": ["id", "workspaceId", "embedUrl"],
                     },
-                    "required": ["type", "items", *_token_fields()],
                 },
-                "Health": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"type": "string", "enum": ["ok", "misconfigured"]},
-                        "requestId": {"type": "string"},
-                    },
-                    "required": ["status"],
-                },
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "properties": {
-                                "code": {"type": "string", "enum": sorted({c for cs in ERRORS.values() for c in cs})},
-                                "message": {
-                                    "type": "string",
-                                    "description": "Plain words for the reader. A 4xx says what is wrong with "
-                                    "the request (which id is not a GUID, which values accessLevel takes, ...); a "
-                                    "5xx says only what kind of failure it was.",
-                                },
-                                "requestId": {
-                                    "type": "string",
-                                    "description": "The invocation's id: quote it to the function's operator.",
-                                },
-                            },
-                            "required": ["code", "message"],
-                        }
-                    },
-                    "required": ["error"],
-                },
+                **_token_fields(),
             },
+            "required": ["type", "items", *_token_fields()],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "misconfigured"]},
+                "requestId": {"type": "string"},
+            },
+            "required": ["status"],
+        },
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string", "enum": sorted({c for cs in ERRORS.values() for c in cs})},
+                        "message": {
+                            "type": "string",
+                            "description": "Plain words for the reader. A 4xx says what is wrong with "
+                            "the request (which id is not a GUID, which values accessLevel takes, ...); a "
+                            "5xx says only what kind of failure it was.",
+                        },
+                        "requestId": {
+                            "type": "string",
+                            "description": "The invocation's id: quote it to the function's operator.",
+                        },
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+            "required": ["error"],
         },
     }
 

@@ -74,8 +74,12 @@ def profiles_sent(fake: FakeUpstream) -> list[str | None]:
 
 
 @pytest.fixture
-def customers(env: dict[str, str]) -> dict[str, str]:
-    """A service principal serving two customers from POWERBI_CUSTOMERS, each found by a claim."""
+def customers(env: dict[str, str], fake: FakeUpstream) -> dict[str, str]:
+    """A service principal serving two customers from POWERBI_CUSTOMERS, each found by a claim; each profile
+    a member of its customer's workspace only (the emulator refuses a profile it does not know, as Power BI)."""
+    fake.add_profile("Contoso", profile_id=PROFILE_A, workspaces=[WORKSPACE_ID])
+    fake.add_profile("Fabrikam", profile_id=PROFILE_B, workspaces=[OTHER_WORKSPACE_ID])
+    fake.add_profile("Initech", profile_id=PROFILE_C, workspaces=[WORKSPACE_ID])
     for name in ("POWERBI_USERNAME", "POWERBI_PASSWORD", "POWERBI_WORKSPACE_ID"):
         del env[name]
     env.update(

@@ -16,6 +16,7 @@ from emulator import (
     REPORT_ID,
     TENANT_ID,
     USER_ASSIGNED_CLIENT_ID,
+    WORKSPACE_ID,
     FakeUpstream,
 )
 from emulator.entra import emulator_session
@@ -161,6 +162,7 @@ def test_managed_identity_needs_no_client_id_tenant_or_secret() -> None:
 def test_a_profile_id_goes_with_every_power_bi_call(
     call: Callable[..., Any], fake: FakeUpstream, env: dict[str, str]
 ) -> None:
+    fake.add_profile("Embedding", profile_id=PROFILE_ID, workspaces=[WORKSPACE_ID])
     env.update({"POWERBI_AUTH_MODE": "ServicePrincipal", "POWERBI_PROFILE_ID": PROFILE_ID})
 
     assert call(REPORT).status_code == 200
