@@ -5,7 +5,8 @@ through ``shared.responses``. The service (one MSAL application, one HTTP sessio
 the token cache) is built on first use and kept for the life of the worker process.
 Each handler takes the invocation's ``context``: its ``invocation_id`` is the ``requestId``
 of an error answer and of its log line. Every log record of the process is redacted
-(``shared.redact``) from import on.
+(``shared.redact``) from import on; telemetry (``shared.telemetry``) is configured at import when
+its settings ask for it, and each embed route answers inside its request span.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import azure.functions as func
 import requests
 
-from shared import redact
+from shared import redact, telemetry
 from shared.embed import EmbedService, Kind
 from shared.errors import ConfigurationError
 from shared.identity import identity_for, principal_id
@@ -27,6 +28,7 @@ from shared.responses import json_response, respond
 from shared.settings import Settings, error_details, http_auth_level
 
 redact.install()
+telemetry.start(os.environ)
 logger = logging.getLogger(__name__)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel(http_auth_level(os.environ)))
@@ -64,7 +66,9 @@ def details() -> bool:
     return current.settings.policy.error_details if current is not None else error_details(os.environ)
 
 
-def _embed(req: func.HttpRequest, context: func.Context, kind: Kind, ids: str | list[str]) -> func.HttpResponse:
+def _embed(
+    req: func.HttpRequest, context: func.Context, route: str, kind: Kind, ids: str | list[str]
+) -> func.HttpResponse:
     def produce() -> dict[str, Any]:
         svc = service()
         # The customer and the row-level-security identity come only from App Service Authentication's headers.
@@ -75,35 +79,45 @@ def _embed(req: func.HttpRequest, context: func.Context, kind: Kind, ids: str | 
         workspace, access = params.get("workspaceId"), params.get("accessLevel")
         return svc.embed(kind, ids, workspace, access, identity, principal, customer).to_json()
 
-    return respond(produce, context.invocation_id, details)
+    trace = getattr(context, "trace_context", None)
+    parent = getattr(trace, "trace_parent", None) or None
+    return telemetry.serve(f"/api/{route}", parent, lambda: respond(produce, context.invocation_id, details))
 
 
 @app.route(route="embed/reports/{reportId}", methods=["GET"])
 def embed_report(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return _embed(req, context, "report", req.route_params.get("reportId", ""))
+    return _embed(req, context, "embed/reports/{reportId}", "report", req.route_params.get("reportId", ""))
 
 
 @app.route(route="embed/reports", methods=["GET"])
 def embed_reports(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """Several reports under one token: ``?ids=<id>,<id>,...``."""
-    return _embed(req, context, "reports", [i for i in req.params.get("ids", "").split(",") if i.strip()])
+    return _embed(
+        req, context, "embed/reports", "reports", [i for i in req.params.get("ids", "").split(",") if i.strip()]
+    )
 
 
 @app.route(route="embed/dashboards/{dashboardId}", methods=["GET"])
 def embed_dashboard(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return _embed(req, context, "dashboard", req.route_params.get("dashboardId", ""))
+    return _embed(req, context, "embed/dashboards/{dashboardId}", "dashboard", req.route_params.get("dashboardId", ""))
 
 
 @app.route(route="embed/dashboards/{dashboardId}/tiles/{tileId}", methods=["GET"])
 def embed_tile(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     route = req.route_params
-    return _embed(req, context, "tile", [route.get("dashboardId", ""), route.get("tileId", "")])
+    return _embed(
+        req,
+        context,
+        "embed/dashboards/{dashboardId}/tiles/{tileId}",
+        "tile",
+        [route.get("dashboardId", ""), route.get("tileId", "")],
+    )
 
 
 @app.route(route="embed/datasets/{datasetId}/create", methods=["GET"])
 def embed_create(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """A token to create a new report on a dataset (only with POWERBI_ALLOW_EDIT=true)."""
-    return _embed(req, context, "create", req.route_params.get("datasetId", ""))
+    return _embed(req, context, "embed/datasets/{datasetId}/create", "create", req.route_params.get("datasetId", ""))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

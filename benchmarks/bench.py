@@ -4,7 +4,9 @@
 
 - import time of ``function_app`` beside that of its three runtime packages (fresh
   interpreters, median of several runs), and the ratio of the two imports each in its own
-  interpreter (issue 17: at most 1.1x);
+  interpreter (issue 17: at most 1.1x), telemetry off;
+- a cache hit with telemetry off, OTLP on and Application Insights on (exporters at local receivers), in
+  process and over HTTP through the local host;
 - upstream calls for 100 requests to one report in one process, against the fake;
 - time per request on a cache hit and on a cold start, through the registered route;
 - upstream calls for 32 concurrent cold requests;
@@ -104,6 +106,12 @@ class InProcessMint(PowerBIClient):
         )
 
 
+def _telemetry_off() -> dict[str, str]:
+    """This process's environment without any telemetry setting."""
+    names = ("OTEL_", "APPLICATIONINSIGHTS_", "PYTHON_APPLICATIONINSIGHTS_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(names)}
+
+
 def import_seconds(runs: int = 7) -> tuple[float, float]:
     """Median seconds, in fresh interpreters: the three runtime packages, then function_app on top of them."""
     code = (
@@ -111,10 +119,23 @@ def import_seconds(runs: int = 7) -> tuple[float, float]:
         "a = time.perf_counter(); import function_app; print(a - t, time.perf_counter() - a)"
     )
     runs_out = [
-        subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).split()  # noqa: S603
+        subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True, env=_telemetry_off()).split()  # noqa: S603
         for _ in range(runs)
     ]
     return statistics.median(float(r[0]) for r in runs_out), statistics.median(float(r[1]) for r in runs_out)
+
+
+def settings_env(fake: FakeUpstream) -> dict[str, str]:
+    return {
+        "POWERBI_TENANT_ID": TENANT_ID,
+        "POWERBI_CLIENT_ID": CLIENT_ID,
+        "POWERBI_CLIENT_SECRET": CLIENT_SECRET,
+        "POWERBI_USERNAME": USERNAME,
+        "POWERBI_PASSWORD": PASSWORD,
+        "POWERBI_AUTHORITY_HOST": fake.base_url,
+        "POWERBI_API_URL": fake.base_url,
+        "POWERBI_WORKSPACE_ID": WORKSPACE_ID,
+    }
 
 
 def import_ratio(runs: int = 9, *, bytecode: bool = True) -> tuple[float, float, float]:
@@ -129,7 +150,7 @@ def import_ratio(runs: int = 9, *, bytecode: bool = True) -> tuple[float, float,
     """
     timed = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
     with tempfile.TemporaryDirectory() as cache:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+        env = {k: v for k, v in _telemetry_off().items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
         if bytecode:
             env["PYTHONPYCACHEPREFIX"] = cache
             subprocess.check_call([sys.executable, "-c", "import function_app"], cwd=ROOT, env=env)
@@ -146,19 +167,7 @@ def import_ratio(runs: int = 9, *, bytecode: bool = True) -> tuple[float, float,
 
 
 def settings(fake: FakeUpstream, **more: str) -> Settings:
-    return Settings.from_env(
-        more
-        | {
-            "POWERBI_TENANT_ID": TENANT_ID,
-            "POWERBI_CLIENT_ID": CLIENT_ID,
-            "POWERBI_CLIENT_SECRET": CLIENT_SECRET,
-            "POWERBI_USERNAME": USERNAME,
-            "POWERBI_PASSWORD": PASSWORD,
-            "POWERBI_AUTHORITY_HOST": fake.base_url,
-            "POWERBI_API_URL": fake.base_url,
-            "POWERBI_WORKSPACE_ID": WORKSPACE_ID,
-        }
-    )
+    return Settings.from_env(more | settings_env(fake))
 
 
 def main() -> None:
@@ -171,6 +180,7 @@ def main() -> None:
             f"import function_app alone ({how}): {app * 1000:.0f} ms, {ratio:.2f}x the three packages alone "
             f"({alone * 1000:.0f} ms; median of 9 fresh interpreters each; target at most 1.10x)"
         )
+    telemetry_figures()
 
     with FakeUpstream() as fake, tempfile.TemporaryDirectory() as tmp:
         ca = str(fake.write_ca_pem(Path(tmp) / "ca.pem"))
@@ -365,6 +375,100 @@ def _sign_in(fake: FakeUpstream) -> str:
 
 def _kinds(fake: FakeUpstream) -> list[str]:
     return [f"{r.method} {r.path.split('/')[-1] or r.path}" for r in fake.requests]
+
+
+def telemetry_figures() -> None:
+    """Cache-hit time per request with telemetry off, OTLP on and Application Insights on, the exporters at
+    local receivers: in process through the registered route (the function's own time; a fresh process
+    each, as telemetry is configured once per process), and over HTTP through the local host (what a
+    caller sees on loopback)."""
+    from tests.telemetry_receivers import IngestionStandIn, OtlpReceiver
+
+    with OtlpReceiver() as otlp, IngestionStandIn() as ingestion, FakeUpstream() as fake:
+        connection = f"InstrumentationKey=11111111-2222-3333-4444-555555555555;IngestionEndpoint={ingestion.url}/"
+        modes = {
+            "off": {},
+            "OTLP": {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url},
+            "Application Insights": {
+                "APPLICATIONINSIGHTS_CONNECTION_STRING": connection,
+                "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            },
+        }
+        # Every trace sampled, metrics every second: the most telemetry costs.
+        common = {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+        # Rounds alternate the modes, and each figure is the median of its rounds: on a shared machine a
+        # burst of other work then lands on every mode alike.
+        runs: dict[str, list[float]] = {name: [] for name in modes}
+        http_runs: dict[str, list[float]] = {name: [] for name in modes}
+        for _ in range(3):
+            for name, env in modes.items():
+                out = subprocess.check_output(  # noqa: S603
+                    [sys.executable, __file__, "--hits"], cwd=ROOT, text=True, env=_telemetry_off() | common | env
+                )
+                runs[name].append(float(out.split()[-1]))
+                http_runs[name].append(host_hits(fake, common | env))
+        in_process = {name: statistics.median(values) for name, values in runs.items()}
+        over_http = {name: statistics.median(values) for name, values in http_runs.items()}
+    for label, figures in (("in process", in_process), ("over HTTP, local host", over_http)):
+        off = figures["off"]
+        for name, median in figures.items():
+            print(f"cache hit {label}, telemetry {name}: median {median:.0f} us ({median / off:.2f}x off)")
+
+
+def host_hits(fake: FakeUpstream, telemetry: dict[str, str], count: int = 1000) -> float:
+    """Median microseconds of a cache hit over HTTP through ``python -m emulator.host``."""
+    import json
+    import socket
+
+    import requests
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = str(fake.write_ca_pem(Path(tmp) / "ca.pem"))
+        local = Path(tmp) / "local.settings.json"
+        local.write_text(json.dumps({"IsEncrypted": False, "Values": {}}))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = _telemetry_off() | telemetry | dict(settings_env(fake))
+        env |= {"REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca}
+        argv = [sys.executable, "-m", "emulator.host", "--settings", str(local), "--port", str(port)]
+        with open(Path(tmp) / "host.log", "w") as log:
+            host = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        try:
+            url = f"http://127.0.0.1:{port}/api/embed/reports/{REPORT_ID}"
+            session = requests.Session()
+            for _ in range(600):  # until the host listens
+                try:
+                    if session.get(url, timeout=10).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    time.sleep(0.05)
+            times = []
+            for _ in range(count):
+                started = time.perf_counter()
+                session.get(url, timeout=10)
+                times.append(time.perf_counter() - started)
+            return statistics.median(times) * 1e6
+        finally:
+            host.terminate()
+            host.wait(timeout=60)
+
+
+def hits_run(count: int = 3000) -> None:
+    """Median microseconds of a cache hit through the registered route (``--hits``)."""
+    with FakeUpstream() as fake, tempfile.TemporaryDirectory() as tmp:
+        ca = str(fake.write_ca_pem(Path(tmp) / "ca.pem"))
+        os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = ca
+        routes = FunctionRoutes(function_app.app)
+        path = f"/api/embed/reports/{REPORT_ID}"
+        function_app.use_service(EmbedService.create(settings(fake), session=emulator_session(fake.base_url)))
+        assert routes.dispatch("GET", path).status_code == 200
+        hits = []
+        for _ in range(count):
+            started = time.perf_counter()
+            routes.dispatch("GET", path)
+            hits.append(time.perf_counter() - started)
+        print(statistics.median(hits) * 1e6)
 
 
 CUSTOMER_USERS = 10  # signed-in users per customer
@@ -666,7 +770,9 @@ def issue17_figures(fake: FakeUpstream) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--users"]:
+    if sys.argv[1:2] == ["--hits"]:
+        hits_run()
+    elif sys.argv[1:2] == ["--users"]:
         rss_run(int(sys.argv[2]))
     elif sys.argv[1:2] == ["--customers-run"]:
         customers_run(int(sys.argv[2]))

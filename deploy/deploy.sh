@@ -40,6 +40,7 @@ FEDERATED_SETTINGS=()
 # What --customers sets beside its POWERBI_* settings: the table connection (create_customers_table).
 CUSTOMERS_SETTINGS=()
 FEDERATED_PRINCIPAL=''
+TELEMETRY=false
 # Worker threads for the function's synchronous handlers: its work is waiting on Power BI, so
 # more threads than the default min(32, CPUs + 4) (6 on 2 cores); 32 is the most the Python
 # worker allows. Measured: benchmarks/bench_fleet.py, docs/architecture.md "The thread pool".
@@ -47,7 +48,8 @@ readonly THREAD_COUNT=32
 
 usage() {
   cat <<'EOF'
-Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--customers] [--federated] [--python 3.11|3.12|3.13|3.14]
+Usage: deploy/deploy.sh [--dry-run] [--doctor] [--redis] [--customers] [--federated] [--telemetry]
+                        [--python 3.11|3.12|3.13|3.14]
                         [--resource-group NAME] [--location REGION] [--app-name NAME]
                         [--cors-origins LIST] [--key-vault-name NAME] [--storage-account NAME]
 
@@ -116,6 +118,12 @@ Options:
               Needs POWERBI_CUSTOMER_FROM; POWERBI_WORKSPACE_ID, POWERBI_ALLOWED_WORKSPACES,
               POWERBI_ALLOWED_REPORTS, POWERBI_ALLOWED_DASHBOARDS and POWERBI_PROFILE_ID must
               be unset (each customer brings its own) and are removed from the app.
+  --telemetry also OpenTelemetry to Application Insights: a Log Analytics workspace
+              (LOG_WORKSPACE_NAME, default <APP_NAME>-logs) and a workspace-based Application
+              Insights (APP_INSIGHTS_NAME, default <APP_NAME>-insights; an existing one of that
+              name in the resource group is used as it is), its connection string and the host's
+              OpenTelemetry mode as app settings, and the workbook deploy/workbook.json on it.
+              Needs the CLI's application-insights extension (az extension add -n application-insights).
   -h, --help  this text
 EOF
 }
@@ -209,6 +217,7 @@ parse_args() {
     --doctor) DOCTOR=true ;;
     --redis) REDIS=true ;;
     --customers) CUSTOMERS=true ;;
+    --telemetry) TELEMETRY=true ;;
     --federated) FEDERATED=true ;;
     --python)
       (($# >= 2)) || die "$1 needs a value"
@@ -791,10 +800,48 @@ main() {
   if $REDIS; then create_redis; fi
   if $CUSTOMERS; then create_customers_table; fi
   configure_app
+  if $TELEMETRY; then create_telemetry; fi
   configure_cors
   deploy_code
   summary
   if $DOCTOR; then run_doctor; fi
+}
+
+# --telemetry: Application Insights on a Log Analytics workspace (each looked up before it is made), its
+# connection string and the host's OpenTelemetry mode as app settings, and the workbook on it. The
+# function configures the Azure Monitor distro itself (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=false):
+# its own spans replace the distro's HTTP instrumentation, whose URLs could carry a user name.
+create_telemetry() {
+  local workspace=${LOG_WORKSPACE_NAME:-${APP_NAME,,}-logs} insights=${APP_INSIGHTS_NAME:-${APP_NAME,,}-insights}
+  local workspace_id insights_id connection template
+  [[ $workspace =~ ^[A-Za-z0-9][A-Za-z0-9-]{2,61}[A-Za-z0-9]$ ]] ||
+    die "LOG_WORKSPACE_NAME '$workspace' must be 4-63 letters, digits and hyphens"
+  [[ $insights =~ ^[A-Za-z0-9._()-]{1,255}$ && $insights != *. ]] ||
+    die "APP_INSIGHTS_NAME '$insights' must be 1-255 letters, digits, periods, underscores, hyphens, parentheses"
+  ensure "log analytics workspace $workspace" monitor log-analytics workspace show --workspace-name "$workspace" \
+    --resource-group "$RESOURCE_GROUP" -- \
+    monitor log-analytics workspace create --workspace-name "$workspace" --resource-group "$RESOURCE_GROUP" \
+    --location "$LOCATION"
+  workspace_id=$(az_get '<workspace-id>' monitor log-analytics workspace show --workspace-name "$workspace" \
+    --resource-group "$RESOURCE_GROUP" --query id --output tsv)
+  ensure "application insights $insights" monitor app-insights component show --app "$insights" \
+    --resource-group "$RESOURCE_GROUP" -- \
+    monitor app-insights component create --app "$insights" --resource-group "$RESOURCE_GROUP" \
+    --location "$LOCATION" --kind web --application-type web --workspace "$workspace_id"
+  insights_id=$(az_get '<insights-id>' monitor app-insights component show --app "$insights" \
+    --resource-group "$RESOURCE_GROUP" --query id --output tsv)
+  connection=$(az_get '<connection-string>' monitor app-insights component show --app "$insights" \
+    --resource-group "$RESOURCE_GROUP" --query connectionString --output tsv)
+  az_do functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --settings \
+    "APPLICATIONINSIGHTS_CONNECTION_STRING=$connection" PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=false \
+    AzureFunctionsJobHost__telemetryMode=OpenTelemetry --output none
+  say "telemetry: to $insights (connection string and the host's OpenTelemetry mode set)"
+  template="$WORK/workbook-template.json"
+  "${PYTHON:-python3}" "$ROOT/deploy/workbook.py" --source "$insights_id" --location "$LOCATION" \
+    --title "Power BI embed tokens ($APP_NAME)" "$template"
+  az_do deployment group create --resource-group "$RESOURCE_GROUP" --name powerbi-embed-workbook \
+    --template-file "$template" --output none
+  say "workbook: deployed on $insights (Workbooks in its portal menu)"
 }
 
 main "$@"

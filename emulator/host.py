@@ -57,14 +57,36 @@ def _rule_path(prefix: str, template: str) -> str:
     return "/" + "/".join(part for part in (prefix.strip("/"), path) if part)
 
 
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True)
+class InvocationTrace:
+    """The invocation's W3C trace context, as the worker hands it over (``context.trace_context``)."""
+
+    trace_parent: str
+    trace_state: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_request(cls, headers: Mapping[str, str]) -> InvocationTrace:
+        """The host's own span for the invocation: in the caller's trace when the request carries a valid
+        ``traceparent`` (W3C Trace Context, as the Functions host continues it), else in a new trace."""
+        found = {k.lower(): v for k, v in headers.items()}
+        match = _TRACEPARENT.match(found.get("traceparent", "").strip().lower())
+        trace_id = match.group(1) if match else uuid.uuid4().hex
+        return cls(f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01", found.get("tracestate", ""))
+
+
 class InvocationContext(func.Context):
     """The ``func.Context`` the Python worker hands a function that declares a ``context`` parameter."""
 
-    def __init__(self, function_name: str, function_directory: str) -> None:
+    def __init__(self, function_name: str, function_directory: str, trace: InvocationTrace | None = None) -> None:
         self._invocation_id = str(uuid.uuid4())  # the host makes one per invocation
         self._function_name = function_name
         self._function_directory = function_directory
         self._local = threading.local()
+        self._trace = trace
 
     @property
     def invocation_id(self) -> str:
@@ -84,7 +106,7 @@ class InvocationContext(func.Context):
 
     @property
     def trace_context(self) -> Any:
-        return None
+        return self._trace
 
     @property
     def retry_context(self) -> Any:
@@ -160,7 +182,7 @@ class FunctionRoutes:
         )
         if "context" not in inspect.signature(handler).parameters:
             return handler(request)
-        context = InvocationContext(name, os.getcwd())
+        context = InvocationContext(name, os.getcwd(), InvocationTrace.for_request(headers or {}))
         self.contexts.append(context)
         del self.contexts[:-100]  # bounded: only the last ones are of interest
         return handler(request, context=context)

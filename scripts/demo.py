@@ -150,6 +150,15 @@ def wait_ready(service: Service, process: subprocess.Popen[str], stopping: Calla
     return False
 
 
+def telemetry_note(env: dict[str, str]) -> str:
+    """Where the function's telemetry goes: the host inherits this environment, OTEL_* included."""
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not endpoint:
+        return "  telemetry       off (set OTEL_EXPORTER_OTLP_ENDPOINT to send it to an OTLP/HTTP backend)\n"
+    service = env.get("OTEL_SERVICE_NAME", "").strip() or "powerbi-embed"
+    return f"  telemetry       traces, metrics and logs over OTLP/HTTP to {endpoint} (service {service})\n"
+
+
 def banner() -> str:
     page, api = f"http://127.0.0.1:{WEB_PORT}", f"http://127.0.0.1:{HOST_PORT}/api"
     return f"""
@@ -159,7 +168,7 @@ The demo is running. Ctrl-C stops it.
   dashboard page  {page}/?type=dashboard&id={DASHBOARD_ID}
   function        {api}/health    (the local host, emulator profile)
   emulator        https://localhost:{EMULATOR_PORT}    (fake Entra ID + Power BI; CA in {CA.relative_to(ROOT)})
-
+{telemetry_note(dict(os.environ))}
 Get a token:
 
   curl -s {api}/embed/reports/{REPORT_ID}

@@ -127,7 +127,7 @@ class Budget:
             1 if background else 0,
         ]
         try:
-            wait, which = shared.breaker.call(lambda r: self._script(keys=keys, args=args, client=r))
+            wait, which = shared.breaker.call("EVALSHA", lambda r: self._script(keys=keys, args=args, client=r))
         except _Unavailable:
             return None
         return int(wait), int(which)

@@ -136,6 +136,10 @@ class Catalog:
             transient=transient,
         )
 
+    def __len__(self) -> int:
+        """Workspace listings kept (for the cache-entries gauge)."""
+        return len(self._listings)
+
     # -- what the embed flow asks ----------------------------------------------------------------------------
 
     def report(self, bearer: Bearer, workspace_id: str, report_id: str) -> Item:

@@ -123,7 +123,7 @@ class MsalHttpClient:
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         clock = self.http.clock
         try:
-            response = self.http.request(method, url, **kwargs)
+            response = self.http.request(method, url, service="entra", **kwargs)
         except (UpstreamUnreachable, UpstreamTimeout):
             self.last = EntraAnswer(_host(url), 0, clock.monotonic())
             raise

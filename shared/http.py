@@ -12,25 +12,30 @@ Every upstream call (Entra ID through MSAL, and Power BI) goes through ``HttpCli
   (``1.5``, ``soon``, a broken date) counts as absent: the back-off applies (urllib3 would raise
   ``InvalidHeader``);
 - each call is counted into the current ``CallContext`` (calls, time, Power BI
-  RequestIds) for the request's single log line.
+  RequestIds) for the request's single log line;
+- each attempt is one upstream call for ``shared.telemetry`` (a span named by the URL's template,
+  ids and user names replaced, no query string; and its duration).
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
+from shared import telemetry
 from shared.clock import SYSTEM_CLOCK, Clock, Deadline
 from shared.errors import UpstreamTimeout, UpstreamUnreachable
 
@@ -104,11 +109,15 @@ class HttpClient:
         self.clock = clock
         self.retry = retry
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """Send with retries inside the deadline; the last response is returned as it is."""
+    def request(self, method: str, url: str, *, service: str = "http", **kwargs: Any) -> requests.Response:
+        """Send with retries inside the deadline; the last response is returned as it is.
+
+        ``service`` names the upstream in telemetry (``entra``, ``powerbi``)."""
         kwargs.pop("timeout", None)  # ours is derived from the deadline
         context = current_context(self.clock)
         retry = self.retry
+        operation, name, attributes = describe(method, url)
+        attempt = 0
         while True:
             remaining = context.deadline.remaining()
             if remaining <= 0:
@@ -119,9 +128,15 @@ class HttpClient:
             started = self.clock.monotonic()
             response: requests.Response | None = None
             try:
-                response = self.session.request(
-                    method, url, timeout=(min(CONNECT_TIMEOUT, remaining), min(READ_TIMEOUT, remaining)), **kwargs
-                )
+                with telemetry.upstream(service, operation, name, attributes) as call:
+                    if attempt:
+                        call.set("http.request.resend_count", attempt)
+                    response = self.session.request(
+                        method, url, timeout=(min(CONNECT_TIMEOUT, remaining), min(READ_TIMEOUT, remaining)), **kwargs
+                    )
+                    call.status(str(response.status_code))
+                    if request_id := response.headers.get("RequestId"):
+                        call.set("powerbi.request_id", request_id)
             except requests.ReadTimeout as exc:
                 raise UpstreamTimeout(
                     "Power BI or Entra ID did not answer in time.",
@@ -135,6 +150,7 @@ class HttpClient:
                 if request_id:
                     context.request_ids.append(request_id)
             finally:
+                attempt += 1
                 context.upstream_calls += 1
                 context.upstream_seconds += self.clock.monotonic() - started
 
@@ -196,3 +212,32 @@ def retry_after_seconds(value: str | None, clock: Clock) -> float | None:
 def _host(url: str) -> str:
     """Scheme, host and path only: a query string is never logged."""
     return url.split("?", 1)[0]
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def describe(method: str, url: str) -> tuple[str, str, dict[str, telemetry.AttributeValue]]:
+    """A call's telemetry: (operation, span name, attributes). The path becomes a template (GUIDs
+    ``{id}``, a user-realm user ``{user}``) and the query string is left out: neither an id list nor a
+    user name reaches a span. The operation is the template's last named segment (``GenerateToken``,
+    ``reports``, ``token``)."""
+    parts = urlsplit(url)
+    segments: list[str] = []
+    for segment in parts.path.split("/"):
+        if _GUID.match(segment):
+            segments.append("{id}")
+        elif "@" in segment or (segments and segments[-1].lower() == "userrealm"):
+            segments.append("{user}")
+        else:
+            segments.append(segment)
+    template = "/".join(segments) or "/"
+    named = [s for s in segments if s and not s.startswith("{")]
+    attributes: dict[str, telemetry.AttributeValue] = {
+        "http.request.method": method,
+        "server.address": parts.hostname or "",
+        "url.template": template,
+    }
+    if parts.port:
+        attributes["server.port"] = parts.port
+    return (named[-1] if named else "/"), f"{method} {template}", attributes

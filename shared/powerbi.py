@@ -139,6 +139,11 @@ class TokenRequest:
     # Semantic models that paginated reports query: granted with xmlaPermissions ReadOnly.
     read_only_xmla: tuple[str, ...] = ()
 
+    @property
+    def api(self) -> str:
+        """V1 (the in-group dashboard and tile calls) or V2 (reports, datasets, report creation)."""
+        return "V1" if self.items and self.items[0].kind in ("dashboard", "tile") else "V2"
+
 
 @dataclass(frozen=True, slots=True)
 class EmbedToken:
@@ -323,7 +328,7 @@ class PowerBIClient:
             for i in request.identities
         ]
         first = request.items[0] if request.items else None
-        if first is not None and first.kind in ("dashboard", "tile"):
+        if first is not None and request.api == "V1":
             # GenerateTokenRequest: the dashboard and tile APIs in the item's workspace.
             body["accessLevel"] = "View"
             path = f"/groups/{first.workspace_id}/dashboards/{first.dashboard_id or first.id}"
@@ -356,6 +361,7 @@ class PowerBIClient:
         response = self.http.request(
             method,
             self.base + path,
+            service="powerbi",
             headers={"Authorization": f"Bearer {access_token}", **self.profile_headers},
             **kwargs,
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared import telemetry
 from shared.errors import ClientError, EmbedError, public_message
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def error_response(error: EmbedError, request_id: str = "", details: bool = Fals
         error.cause,
         error.request_id or "-",
     )
+    telemetry.annotate(error_code=error.code)
     if details:
         message = error.detailed_message
     elif isinstance(error, ClientError):
@@ -78,6 +80,7 @@ def respond(
             type(exc).__name__,
             exc_info=exc,
         )
+        telemetry.annotate(error_code="internal_error")
         body = {
             "error": {"code": "internal_error", "message": public_message("internal_error"), "requestId": request_id}
         }

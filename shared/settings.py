@@ -4,7 +4,7 @@ The setting names are the product's contract (static sites, deploy scripts and
 acceptance tests depend on them). A problem is reported by the setting's name and
 what is wrong with it; a value is never shown, since many are secrets.
 
-Each concern (sign-in, Power BI, policy, row-level security, caches, shared cache) is a
+Each concern (sign-in, Power BI, policy, row-level security, caches, shared cache, telemetry) is a
 frozen dataclass built by its own small ``read_*`` function from the one ``Reader``, the
 only code that looks at the environment. A new concern is one dataclass, one reader
 function and one line in ``Settings.from_env``. Only what the chosen sign-in mode uses is
@@ -292,6 +292,26 @@ class CacheSettings:
     max_tokens: int = 10_000
 
 
+TelemetryMode = Literal["off", "otlp", "azure_monitor", "worker"]
+TELEMETRY_SERVICE_NAME = "powerbi-embed"
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Where telemetry goes (``shared.telemetry``): the platform's and OpenTelemetry's own setting names."""
+
+    mode: TelemetryMode = "off"
+    connection_string: str = field(default="", repr=False)  # holds the instrumentation key
+    otlp_endpoint: str = field(default="", repr=False)
+    service_name: str = TELEMETRY_SERVICE_NAME
+    # The OTLP exporters' timeout: None when OTEL_EXPORTER_OTLP_TIMEOUT is set (the SDK reads it), else a
+    # short one: an export not finished by then is given up (the batch dropped, the next one tried).
+    export_timeout_seconds: float | None = 5.0
+    # Exemplars (a span id on a measurement) cost every measurement a context lookup: on only when
+    # OTEL_METRICS_EXEMPLAR_FILTER asks for them (the SDK reads it).
+    exemplars: bool = False
+
+
 @dataclass(frozen=True)
 class RefreshSettings:
     """Refreshing ahead and serving what is still valid (issue 17): POWERBI_REFRESH_AHEAD_MINUTES,
@@ -326,6 +346,7 @@ class Settings:
     customers: CustomersSettings | None = None
     refresh: RefreshSettings = RefreshSettings()
     budget: BudgetSettings = BudgetSettings()
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -345,6 +366,7 @@ class Settings:
             customers=customers,
             refresh=read_refresh(reader),
             budget=read_budget(reader),
+            telemetry=read_telemetry(reader),
         )
         reader.raise_problems()
         return settings
@@ -366,6 +388,14 @@ def error_details(env: Mapping[str, str]) -> bool:
     A plain function too, because an answer for settings that cannot be read needs it.
     """
     return _error_details(Reader(env))
+
+
+def telemetry_settings(env: Mapping[str, str]) -> TelemetrySettings:
+    """The telemetry concern alone, read at import time (telemetry starts with the process)."""
+    reader = Reader(env)
+    settings = read_telemetry(reader)
+    reader.raise_problems()
+    return settings
 
 
 def ignored_settings(env: Mapping[str, str]) -> frozenset[str]:
@@ -781,3 +811,29 @@ def _is_redis_url(url: str) -> bool:
         and not parts.query
         and not parts.fragment
     )
+
+
+# --- Telemetry --------------------------------------------------------------------------------
+
+
+def read_telemetry(r: Reader) -> TelemetrySettings:
+    """APPLICATIONINSIGHTS_CONNECTION_STRING (and PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: the worker
+    configures the distro), else OTEL_EXPORTER_OTLP_ENDPOINT; OTEL_SERVICE_NAME; neither: off."""
+    connection = r.secret("APPLICATIONINSIGHTS_CONNECTION_STRING") or ""
+    if connection and "instrumentationkey=" not in connection.lower():
+        r.problem("APPLICATIONINSIGHTS_CONNECTION_STRING must be an Application Insights connection string")
+    worker = r.choice("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "false", ("true", "false"), fold_case=True)
+    endpoint = r.text("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            r.problem("OTEL_EXPORTER_OTLP_ENDPOINT must be an http or https URL")
+    mode: TelemetryMode = "off"
+    if connection:
+        mode = "worker" if worker == "true" else "azure_monitor"
+    elif endpoint:
+        mode = "otlp"
+    service = r.text("OTEL_SERVICE_NAME") or TELEMETRY_SERVICE_NAME
+    timeout = None if r.is_set("OTEL_EXPORTER_OTLP_TIMEOUT") else 5.0
+    exemplars = r.is_set("OTEL_METRICS_EXEMPLAR_FILTER")
+    return TelemetrySettings(mode, connection.strip(), endpoint, service, timeout, exemplars)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from shared import telemetry
 from shared.cache import Source
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.redact import register_secret
@@ -137,6 +138,11 @@ class Breaker:
         self._closed_at: float | None = None  # monotonic time until which Redis is left alone
         self._down = False
         self._warned_credentials = False
+        # Where Redis is, for telemetry: its host and port, never the URL (it may hold a password).
+        where = client.connection_pool.connection_kwargs
+        self._telemetry: dict[str, telemetry.AttributeValue] = {"db.system.name": "redis"}
+        if where.get("host"):
+            self._telemetry |= {"server.address": str(where["host"]), "server.port": int(where.get("port", 6379))}
 
     @property
     def available(self) -> bool:
@@ -144,12 +150,16 @@ class Breaker:
         with self._lock:
             return self._closed_at is None or self.clock.monotonic() >= self._closed_at
 
-    def call(self, operation: Callable[[redis.Redis], T]) -> T:
-        """``operation``'s result, or ``_Unavailable`` when Redis is not to be used or just failed."""
+    def call(self, command: str, operation: Callable[[redis.Redis], T]) -> T:
+        """``operation``'s result, or ``_Unavailable`` when Redis is not to be used or just failed; timed
+        for telemetry as one Redis ``command`` (``GET``, ``SET``...)."""
         if not self.available:
             raise _Unavailable
         try:
-            result = operation(self.client)
+            attributes = {**self._telemetry, "db.operation.name": command}
+            with telemetry.upstream("redis", command, f"redis {command}", attributes) as call:
+                result = operation(self.client)
+                call.status("ok")
         except Exception as exc:  # whatever Redis does, the request goes on without it
             self._failed(exc)
             raise _Unavailable from exc
@@ -221,7 +231,7 @@ class SharedCache:
         """The plain value of an entry, or None (a miss, unreadable, or Redis unavailable)."""
         redis_key = self.seal.key(kind, key)
         try:
-            sealed = self.breaker.call(lambda r: r.get(redis_key))
+            sealed = self.breaker.call("GET", lambda r: r.get(redis_key))
         except _Unavailable:
             return None
         if not isinstance(sealed, bytes):
@@ -241,7 +251,7 @@ class SharedCache:
         redis_key = self.seal.key(kind, key)
         sealed = self.seal.seal(redis_key, value)
         try:
-            self.breaker.call(lambda r: r.set(redis_key, sealed, px=milliseconds))
+            self.breaker.call("SET", lambda r: r.set(redis_key, sealed, px=milliseconds))
         except _Unavailable:
             return False
         return True
@@ -256,20 +266,20 @@ class SharedCache:
         lock_key = self.seal.key("lock", f"{kind}\n{key}")
         token = secrets.token_hex(16)
         milliseconds = max(1, int(ttl_seconds * 1000))
-        taken = self.breaker.call(lambda r: r.set(lock_key, token, nx=True, px=milliseconds))
+        taken = self.breaker.call("SET", lambda r: r.set(lock_key, token, nx=True, px=milliseconds))
         return token if taken else None
 
     def release(self, kind: str, key: str, token: str) -> bool:
         """Give the lock back if we still own it (after it expired, someone else may)."""
         lock_key = self.seal.key("lock", f"{kind}\n{key}")
         try:
-            return bool(self.breaker.call(lambda r: self._release(keys=[lock_key], args=[token], client=r)))
+            return bool(self.breaker.call("EVALSHA", lambda r: self._release(keys=[lock_key], args=[token], client=r)))
         except _Unavailable:
             return False
 
     def locked(self, kind: str, key: str) -> bool:
         lock_key = self.seal.key("lock", f"{kind}\n{key}")
-        return bool(self.breaker.call(lambda r: r.exists(lock_key)))
+        return bool(self.breaker.call("EXISTS", lambda r: r.exists(lock_key)))
 
     def once(
         self,

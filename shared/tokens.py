@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared import telemetry
 from shared.background import Background
 from shared.budget import Budget
 from shared.cache import BACKGROUND_SECONDS, Cache, Codec, Lifetime, Outcome, SharedLevel
@@ -177,6 +178,7 @@ class EmbedTokens:
         self.budget.take(principal)
         powerbi = self.powerbi.for_profile(bearer.profile_id)
         token = bearer.call(lambda access: powerbi.generate_token(access, plan.request))
+        telemetry.token_minted(plan.key.kind, plan.request.api, bool(plan.request.identities), "miss")
         return Embed(plan.key.kind, plan.request.items, token, plan.request.create_on)
 
     def _mint_ahead(self, bearer: Bearer, plan: Plan) -> Embed:
@@ -187,6 +189,7 @@ class EmbedTokens:
             longer = bearer.fork(self._min_seconds + self._ahead_seconds + ENTRA_MARGIN_SECONDS)
             powerbi = self.powerbi.for_profile(longer.profile_id)
             token = longer.call(lambda access: powerbi.generate_token(access, plan.request))
+            telemetry.token_minted(plan.key.kind, plan.request.api, bool(plan.request.identities), "refresh")
             logger.info(
                 "refreshed ahead %s %s workspace=%s upstream_calls=%d upstream_ms=%.0f token_id=%s",
                 plan.key.kind,

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared import telemetry
 from shared.cache import Cache, Lifetime
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.customers.directory import PARTITION_KEY, Customer
@@ -99,7 +100,13 @@ class TableDirectory:
         if self._clock.monotonic() < self._down_until:
             raise self._unavailable(key, "the table failed moments ago")
         try:
-            entity = self._table.get_entity(PARTITION_KEY, key.id)
+            with telemetry.upstream("directory", "read", "directory read") as call:
+                try:
+                    entity = self._table.get_entity(PARTITION_KEY, key.id)
+                except ResourceNotFoundError:
+                    call.status("not_found")  # an absent customer is an answer, not a failure
+                    raise
+                call.status("ok")
         except ResourceNotFoundError as error:
             code = getattr(error, "error_code", None)
             if str(getattr(code, "value", code)) != "TableNotFound":  # an enum member, or a string

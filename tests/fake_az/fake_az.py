@@ -454,6 +454,68 @@ class Fake:
         cluster["accessPolicyAssignments"].append(assignment)
         return assignment
 
+    # -- telemetry: Log Analytics, Application Insights, an ARM deployment (the workbook) --------------
+
+    def workspace_show(self) -> Any:
+        group, name = self.group()["name"], self.opt("--workspace-name")
+        item: dict[str, Any] | None = self.table("workspaces").get(name)
+        if item is None or item["resourceGroup"] != group:
+            raise not_found("Microsoft.OperationalInsights/workspaces", name, group)
+        return item
+
+    def workspace_create(self) -> Any:
+        group, name = self.group()["name"], self.opt("--workspace-name")
+        if name in self.table("workspaces"):
+            raise AzError(f"(Conflict) workspace '{name}' already exists.", 1)
+        item = {
+            "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/"
+            f"Microsoft.OperationalInsights/workspaces/{name}",
+            "name": name,
+            "resourceGroup": group,
+            "customerId": stable_guid("workspace", group, name),
+            "location": self.opt("--location"),
+        }
+        self.table("workspaces")[name] = item
+        return item
+
+    def insights_show(self) -> Any:
+        group, name = self.group()["name"], self.opt("--app")
+        item: dict[str, Any] | None = self.table("insights").get(name)
+        if item is None or item["resourceGroup"] != group:
+            raise not_found("Microsoft.Insights/components", name, group)
+        return item
+
+    def insights_create(self) -> Any:
+        group, name, location = self.group()["name"], self.opt("--app"), self.opt("--location")
+        workspace = self.opt("--workspace")
+        if not any(w["id"] == workspace for w in self.table("workspaces").values()):
+            raise AzError(f"(WorkspaceNotFound) workspace '{workspace}' was not found.", 3)
+        if name in self.table("insights"):
+            raise AzError(f"(Conflict) component '{name}' already exists.", 1)
+        key = stable_guid("ikey", group, name)
+        item = {
+            "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/"
+            f"Microsoft.Insights/components/{name}",
+            "name": name,
+            "resourceGroup": group,
+            "location": location,
+            "kind": self.opt("--kind"),
+            "workspaceResourceId": workspace,
+            "instrumentationKey": key,
+            "connectionString": f"InstrumentationKey={key};IngestionEndpoint=https://{location}-5.in.applicationinsights"
+            f".azure.com/;LiveEndpoint=https://{location}.livediagnostics.monitor.azure.com/",
+        }
+        self.table("insights")[name] = item
+        return item
+
+    def deployment_create(self) -> Any:
+        group = self.group()["name"]
+        template = json.loads(Path(self.opt("--template-file")).read_text(encoding="utf-8"))
+        for resource in template["resources"]:
+            key = f"{group}/{resource['type']}/{resource['name']}"
+            self.table("deployed").setdefault(key, []).append(resource)  # every deployment of it, in order
+        return {"name": self.opt("--name"), "properties": {"provisioningState": "Succeeded"}}
+
 
 COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("account", "show"): Fake.account_show,
@@ -490,6 +552,11 @@ COMMANDS: dict[tuple[str, ...], Callable[[Fake], Any]] = {
     ("redisenterprise", "create"): Fake.redis_create,
     ("redisenterprise", "database", "access-policy-assignment", "list"): Fake.redis_assignment_list,
     ("redisenterprise", "database", "access-policy-assignment", "create"): Fake.redis_assignment_create,
+    ("monitor", "log-analytics", "workspace", "show"): Fake.workspace_show,
+    ("monitor", "log-analytics", "workspace", "create"): Fake.workspace_create,
+    ("monitor", "app-insights", "component", "show"): Fake.insights_show,
+    ("monitor", "app-insights", "component", "create"): Fake.insights_create,
+    ("deployment", "group", "create"): Fake.deployment_create,
 }
 
 
