@@ -566,3 +566,31 @@ def test_a_refresh_ahead_and_a_budget_refusal_are_counted(
     spans = otlp.spans()
     throttled = _requests(spans)["throttled"]
     assert not [s for s in spans if s.parent_span_id == throttled.span_id and "GenerateToken" in s.name]
+
+
+def test_a_customers_request_names_its_customer_on_the_request_span(
+    fake: FakeUpstream, env: dict[str, str], start: Any, otlp: OtlpReceiver
+) -> None:
+    # A directory of one customer, found by a claim of the principal App Service Authentication vouches for.
+    customers = [{"id": "Contoso", "workspaces": [env["POWERBI_WORKSPACE_ID"]]}]
+    scoped = {k: v for k, v in env.items() if k != "POWERBI_WORKSPACE_ID"}
+    scoped |= {
+        "WEBSITE_AUTH_ENABLED": "True",
+        "POWERBI_CUSTOMERS_SOURCE": "setting",
+        "POWERBI_CUSTOMER_FROM": "claim:extension_CustomerId",
+        "POWERBI_CUSTOMERS": json.dumps(customers),
+    }
+    claims = [
+        {"typ": "preferred_username", "val": "ana@contoso.com"},
+        {"typ": "extension_CustomerId", "val": "contoso"},
+    ]
+    principal = base64.b64encode(json.dumps({"auth_typ": "aad", "claims": claims}).encode()).decode()
+    headers = {"X-MS-CLIENT-PRINCIPAL": principal, "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
+    host = start(_host_env(scoped, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}))
+    assert requests.get(f"{host.url}/embed/reports/{REPORT_ID}", headers=headers, timeout=10).status_code == 200
+    assert host.get(f"embed/reports/{REPORT_ID}").status_code == 401  # no principal: no customer
+    assert host.stop() == 0, host.output
+
+    by_outcome = _requests(otlp.spans())
+    assert by_outcome["miss"].attributes["powerbi.customer"] == "contoso"
+    assert "powerbi.customer" not in by_outcome["unauthenticated"].attributes
