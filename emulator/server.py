@@ -281,6 +281,7 @@ class FakeUpstream:
         self.embed_tokens: dict[str, IssuedEmbedToken] = {}
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
+        self._recorded = threading.Condition(self._lock)  # notified at each recorded request
         self._log_requests = log_requests
         self._stopping = threading.Event()  # wakes hanging handlers on stop(), so stop() never blocks
         self._servers: list[tuple[BaseWSGIServer, threading.Thread]] = []
@@ -435,6 +436,15 @@ class FakeUpstream:
                 if (method is None or r.method == method.upper()) and (path_contains is None or path_contains in r.path)
             ]
 
+    def wait_for_calls(
+        self, count: int, method: str | None = None, path_contains: str | None = None, timeout: float = 30.0
+    ) -> list[Recorded]:
+        """The matching calls once there are at least ``count`` (woken by each recorded request, no polling),
+        or what there is after ``timeout`` seconds: for calls made by another process or a background thread."""
+        with self._recorded:
+            self._recorded.wait_for(lambda: len(self.calls(method, path_contains)) >= count, timeout)
+            return self.calls(method, path_contains)
+
     @property
     def token_calls(self) -> list[Recorded]:
         return self.calls("POST", "/oauth2/v2.0/token")
@@ -535,6 +545,7 @@ class FakeUpstream:
         with self._lock:
             headers = {k.lower(): v for k, v in request.headers.items()}
             self.requests.append(Recorded(request.method, path, request.args.to_dict(), headers, form, body))
+            self._recorded.notify_all()
             extra = sum(seconds for part, seconds in self.path_latency.items() if part in path)
         is_pbi = path.startswith("/v1.0/")
         fault = self._take_fault(request.method, path)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.processes import start_server, stop_server
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,6 @@ INSTALL_HINT = "Azurite is not installed: cd web && npm ci --ignore-scripts (the
 # Azurite's well-known development account (public, in Microsoft's documentation): not a secret.
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-START_TIMEOUT = 30.0  # seconds: a bound on the start, not a wait
 
 
 def azurite_binary() -> Path:
@@ -55,24 +55,12 @@ class AzuriteTables:
     def start(self) -> AzuriteTables:
         argv = [str(self.binary), "--tableHost", "127.0.0.1", "--tablePort", str(self.port)]
         argv += ["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
-        self.process = subprocess.Popen(  # noqa: S603 - our own arguments
-            argv, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert self.process.stdout is not None
-        seen = []
-        # Azurite says when it listens: read its output instead of polling the port.
-        for line in self.process.stdout:
-            seen.append(line)
-            if "successfully started" in line:
-                return self
-        raise RuntimeError("azurite-table did not start: " + "".join(seen[-5:]))
+        self.process = start_server(argv, "successfully started", "azurite-table", cwd=self.workdir)
+        return self
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=START_TIMEOUT)
-            if self.process.stdout:
-                self.process.stdout.close()
+            stop_server(self.process)
             self.process = None
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import start_server, stop_server
+
 INSTALL_HINT = "redis-server is not installed: apt-get install -y redis-server (Debian's package)"
-START_TIMEOUT = 10.0  # seconds: a bound on the start, not a wait
+CLI_TIMEOUT = 10.0  # seconds: a bound on a redis-cli call, not a wait
 
 
 def redis_server_binary() -> str:
@@ -51,24 +53,12 @@ class RedisServer:
         argv += ["--dir", str(self.workdir), "--enable-debug-command", "local"]
         if self.password:
             argv += ["--requirepass", self.password]
-        self.process = subprocess.Popen(  # noqa: S603 - our own arguments
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert self.process.stdout is not None
-        seen = []
-        # redis-server says when it listens: read its log instead of polling the port.
-        for line in self.process.stdout:
-            seen.append(line)
-            if "Ready to accept connections" in line:
-                return self
-        raise RuntimeError("redis-server did not start: " + "".join(seen[-5:]))
+        self.process = start_server(argv, "Ready to accept connections", "redis-server")
+        return self
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=START_TIMEOUT)
-            if self.process.stdout:
-                self.process.stdout.close()
+            stop_server(self.process)
             self.process = None
 
     def cli(self, *args: str) -> str:
@@ -78,7 +68,7 @@ class RedisServer:
         result = subprocess.run(  # noqa: S603
             [binary, "-h", "127.0.0.1", "-p", str(self.port), *auth, *args],
             capture_output=True,
-            timeout=START_TIMEOUT,
+            timeout=CLI_TIMEOUT,
             check=True,
         )
         return result.stdout.decode("latin-1")

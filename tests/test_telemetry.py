@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,22 +73,30 @@ class Host:
         self.url = f"http://127.0.0.1:{self.port}/api"
         args = ["--settings", str(settings), "--port", str(self.port)]
         command = [sys.executable, "-c", prelude, *args] if prelude else [sys.executable, "-m", "emulator.host", *args]
-        # A file, not a pipe: a pipe nobody reads while the host runs would fill and block its logging.
+        # Its output is drained into a file by a thread (a pipe nobody read would fill and block its logging);
+        # the host says when it listens, so the test waits for that line instead of polling the port.
         self.log = tmp_path / f"host-{self.port}.log"
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(  # noqa: S603 - this interpreter, the test's own arguments
-                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
-            )
+        self.process = subprocess.Popen(  # noqa: S603 - this interpreter, the test's own arguments
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.output = ""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if requests.get(f"{self.url}/health", timeout=5).status_code in (200, 500):
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.05)  # the host is starting: poll for readiness, not for a result
-        self.stop()
-        raise AssertionError(f"the host did not start:\n{self.output}")
+        listening = threading.Event()
+        self._drain = threading.Thread(target=self._copy_output, args=(listening,), daemon=True)
+        self._drain.start()
+        listening.wait(timeout=60)
+        if not listening.is_set() or self.process.poll() is not None:
+            self.stop()
+            raise AssertionError(f"the host did not start:\n{self.output}")
+
+    def _copy_output(self, listening: threading.Event) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout, self.log.open("w") as out:
+            for line in self.process.stdout:
+                out.write(line)
+                out.flush()
+                if line.startswith("Listening on "):
+                    listening.set()
+        listening.set()  # the host ended: stop waiting (the caller sees it has exited)
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.url}/{path}", timeout=10)
@@ -103,6 +111,7 @@ class Host:
             self.process.wait()
             raise AssertionError(f"the host did not stop within 60 s:\n{self.log.read_text()}") from None
         finally:
+            self._drain.join(timeout=60)
             self.output = self.log.read_text()
         return self.process.returncode
 
@@ -547,9 +556,7 @@ def test_a_refresh_ahead_and_a_budget_refusal_are_counted(
     host = start(_host_env({**env, **settings}, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}))
     assert host.get(f"embed/reports/{REPORT_ID}").status_code == 200
     assert host.get(f"embed/reports/{REPORT_ID}").status_code == 200
-    deadline = time.monotonic() + 30
-    while len(fake.calls("POST", "GenerateToken")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the background re-mint: waited for, not timed
+    assert len(fake.wait_for_calls(2, "POST", "GenerateToken")) == 2  # the background re-mint, waited for
     refused = host.get(f"embed/reports/{PAGINATED_REPORT_ID}")
     assert (refused.status_code, refused.json()["error"]["code"]) == (429, "throttled")
     assert host.stop() == 0, host.output
